@@ -1,0 +1,45 @@
+"""Finds benchmark modules under the repository's `benchmarks/` folder.
+
+A benchmark module defines `run(quick: bool = False, progress: bool = True) -> dict` returning
+`{"benchmark": NAME, "metrics": {...}, ...}` computed in that run, and optionally
+`render(result) -> str` for people.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+from edgepool.errors import SpecError
+
+
+def benchmark_dirs() -> list[Path]:
+    """Where benchmarks live: $EDGEPOOL_BENCHMARKS, ./benchmarks, then the source checkout's."""
+    dirs = []
+    if os.environ.get("EDGEPOOL_BENCHMARKS"):
+        dirs.append(Path(os.environ["EDGEPOOL_BENCHMARKS"]))
+    dirs.append(Path.cwd() / "benchmarks")
+    dirs.append(Path(__file__).resolve().parents[2] / "benchmarks")
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_benchmarks() -> list[str]:
+    names: set[str] = set()
+    for d in benchmark_dirs():
+        names.update(p.stem for p in d.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(names)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    for d in benchmark_dirs():
+        path = d / f"{name}.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"edgepool_benchmark_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise SpecError(
+        field="benchmark", value=name, accepted=", ".join(available_benchmarks()) or "(none found)",
+        hint="benchmarks are read from ./benchmarks or $EDGEPOOL_BENCHMARKS",
+    )
