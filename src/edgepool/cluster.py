@@ -1,0 +1,303 @@
+"""`Cluster`: devices and the links between them, loaded from YAML and validated with clear errors.
+
+A spec names devices (a catalog `type`, explicit `spec` numbers, or `type: local` for a measured profile of
+this machine) and links. Pairs without an explicit link use `default_link`; a link may belong to a shared
+`medium` (one Wi-Fi network), whose capacity all transfers on it share.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgepool.catalog import device_names, get_device
+from edgepool.device import Device
+from edgepool.errors import SpecError
+from edgepool.units import parse_bandwidth, parse_size, parse_time
+
+
+# ----------------------------------------------------------------------------- the spec (YAML schema)
+class LinkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    between: tuple[str, str] | None = None
+    bandwidth: float
+    latency: float = 0.0
+    medium: str | None = None
+
+    _bw = field_validator("bandwidth", mode="before")(lambda v: parse_bandwidth(v))
+    _lat = field_validator("latency", mode="before")(lambda v: parse_time(v))
+
+
+class MediumSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bandwidth: float
+    _bw = field_validator("bandwidth", mode="before")(lambda v: parse_bandwidth(v))
+
+
+class DeviceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    type: str | None = None
+    spec: dict[str, Any] | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    count: int = Field(default=1, ge=1, description="expand into NAME-0 .. NAME-(count-1)")
+    location: tuple[float, float] | None = None
+    address: str | None = None
+    power_mode: str | None = None
+    zone: str | None = Field(default=None, description="devices of one zone share the zone's link")
+
+    @model_validator(mode="after")
+    def _type_or_spec(self) -> "DeviceSpec":
+        if (self.type is None) == (self.spec is None):
+            raise ValueError("give exactly one of 'type' (a catalog entry or 'local') or 'spec' (explicit numbers)")
+        if self.type is not None and self.type != "local" and self.type not in device_names():
+            raise ValueError(f"unknown device type {self.type!r}; accepted: local, {', '.join(device_names())}")
+        return self
+
+
+class ClusterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "cluster"
+    description: str = ""
+    sources: dict[str, str] = Field(default_factory=dict)
+    devices: list[DeviceSpec] = Field(min_length=1)
+    default_link: LinkSpec | None = None
+    zones: dict[str, LinkSpec] = Field(default_factory=dict)
+    links: list[LinkSpec] = Field(default_factory=list)
+    media: dict[str, MediumSpec] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the runtime object
+@dataclass(frozen=True)
+class Link:
+    """Bandwidth in bytes/s, latency in seconds; `medium` names a shared network, if any."""
+
+    bandwidth: float
+    latency_s: float = 0.0
+    medium: str | None = None
+
+
+@dataclass
+class Cluster:
+    name: str
+    devices: dict[str, Device]
+    graph: nx.Graph
+    media: dict[str, float] = field(default_factory=dict)  # medium -> shared capacity, bytes/s
+    locations: dict[str, tuple[float, float]] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
+    power_modes: dict[str, str] = field(default_factory=dict)
+    zones: dict[str, str] = field(default_factory=dict)  # device -> zone
+    source: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.devices)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def link(self, a: str, b: str) -> Link:
+        """The direct link, or the route's bottleneck bandwidth and summed latency when there is none."""
+        if a == b:
+            return Link(bandwidth=float("inf"), latency_s=0.0)
+        if self.graph.has_edge(a, b):
+            return self.graph.edges[a, b]["link"]
+        try:
+            path = nx.shortest_path(self.graph, a, b, weight=lambda u, v, d: d["link"].latency_s + 1e-9)
+        except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
+            raise ValueError(f"no route between devices {a!r} and {b!r} in cluster {self.name!r}") from exc
+        hops = [self.graph.edges[u, v]["link"] for u, v in zip(path, path[1:])]
+        media = {h.medium for h in hops}
+        return Link(bandwidth=min(h.bandwidth for h in hops), latency_s=sum(h.latency_s for h in hops),
+                    medium=media.pop() if len(media) == 1 else None)
+
+    def medium_capacity(self, medium: str | None) -> float | None:
+        return self.media.get(medium) if medium else None
+
+    def subcluster(self, names: list[str]) -> "Cluster":
+        return Cluster(name=f"{self.name}[{len(names)}]", devices={n: self.devices[n] for n in names},
+                       graph=self.graph.subgraph(names).copy(), media=dict(self.media),
+                       locations={n: self.locations[n] for n in names if n in self.locations},
+                       addresses={n: self.addresses[n] for n in names if n in self.addresses},
+                       power_modes={n: m for n, m in self.power_modes.items() if n in names},
+                       zones={n: z for n, z in self.zones.items() if n in names}, source=self.source)
+
+    @classmethod
+    def uniform(cls, devices: list[Device], bandwidth: float, latency_s: float = 0.0,
+                name: str = "cluster", medium: str | None = None,
+                medium_capacity: float | None = None) -> "Cluster":
+        """A fully connected cluster with one kind of link: handy for tests, benchmarks and planners."""
+        graph = nx.Graph()
+        for d in devices:
+            graph.add_node(d.name)
+        link = Link(bandwidth=bandwidth, latency_s=latency_s, medium=medium)
+        for i, a in enumerate(devices):
+            for b in devices[i + 1:]:
+                graph.add_edge(a.name, b.name, link=link)
+        media = {medium: medium_capacity} if medium and medium_capacity else {}
+        return cls(name=name, devices={d.name: d for d in devices}, graph=graph, media=media)
+
+
+# ----------------------------------------------------------------------------- loading
+def _build_device(spec: DeviceSpec, name: str) -> Device:
+    if spec.type == "local":
+        from edgepool.local_device import measure_local_device
+        base = measure_local_device().model_dump()
+    elif spec.type is not None:
+        base = get_device(spec.type).model_dump()
+    else:
+        base = {"sources": {"all": "explicit numbers in the cluster spec"}}
+    numbers = {**(spec.spec or {}), **spec.overrides}
+    for key in ("memory_bytes",):
+        if key in numbers:
+            numbers[key] = parse_size(numbers[key])
+    if "memory_bandwidth" in numbers and isinstance(numbers["memory_bandwidth"], str):
+        numbers["memory_bandwidth"] = parse_bandwidth(numbers["memory_bandwidth"])
+    base.update(numbers)
+    base["name"] = name
+    device = Device(**base)
+    if spec.power_mode is not None:
+        device.mode(spec.power_mode)  # raises with the accepted modes
+    return device
+
+
+def _loc(error: dict, raw: dict) -> str:
+    """'devices[2] (pi).type' from pydantic's location tuple, naming devices where possible."""
+    parts: list[str] = []
+    node: Any = raw
+    for key in error["loc"]:
+        if isinstance(key, int):
+            parts[-1] += f"[{key}]"
+            try:
+                node = node[key]
+                if isinstance(node, dict) and "name" in node:
+                    parts[-1] += f" ({node['name']})"
+            except (IndexError, KeyError, TypeError):
+                node = None
+        else:
+            parts.append(str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
+    if not isinstance(raw, dict):
+        raise SpecError(field="(top level)", value=type(raw).__name__, source=source,
+                        accepted="a mapping with 'devices' (list) and optional 'links', 'default_link', 'media'")
+    try:
+        spec = ClusterSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SpecError(field=_loc(err, raw), value=err.get("input"), accepted=msg, source=source) from None
+
+    devices: dict[str, Device] = {}
+    locations, addresses, modes, zones = {}, {}, {}, {}
+    for i, dspec in enumerate(spec.devices):
+        names = [dspec.name] if dspec.count == 1 else [f"{dspec.name}-{k}" for k in range(dspec.count)]
+        for name in names:
+            if name in devices:
+                raise SpecError(field=f"devices[{i}].name", value=name, source=source,
+                                accepted="a name not used by another device")
+            try:
+                devices[name] = _build_device(dspec, name)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field_name = ".".join(str(p) for p in err["loc"])
+                raise SpecError(field=f"devices[{i}] ({dspec.name}).{field_name}", value=err.get("input"),
+                                accepted=err["msg"].removeprefix("Value error, "), source=source) from None
+            except ValueError as exc:
+                raise SpecError(field=f"devices[{i}] ({dspec.name}).power_mode", value=dspec.power_mode,
+                                accepted=str(exc).split("accepted: ")[-1], source=source) from None
+            if dspec.location:
+                locations[name] = dspec.location
+            if dspec.address:
+                addresses[name] = dspec.address
+            if dspec.power_mode:
+                modes[name] = dspec.power_mode
+            if dspec.zone:
+                if dspec.zone not in spec.zones:
+                    raise SpecError(field=f"devices[{i}] ({dspec.name}).zone", value=dspec.zone, source=source,
+                                    accepted=f"a zone declared under 'zones' ({', '.join(spec.zones) or 'none declared'})")
+                zones[name] = dspec.zone
+
+    for medium_name in {l.medium for l in [*spec.links, *spec.zones.values(), spec.default_link] if l and l.medium}:
+        if medium_name not in spec.media:
+            raise SpecError(field="links.medium", value=medium_name, source=source,
+                            accepted=f"a medium declared under 'media' ({', '.join(spec.media) or 'none declared'})")
+
+    graph = nx.Graph()
+    graph.add_nodes_from(devices)
+    if spec.default_link:
+        dl = Link(spec.default_link.bandwidth, spec.default_link.latency, spec.default_link.medium)
+        names = list(devices)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                graph.add_edge(a, b, link=dl)
+    for zone, zspec in spec.zones.items():
+        members = [n for n, z in zones.items() if z == zone]
+        zl = Link(zspec.bandwidth, zspec.latency, zspec.medium)
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                graph.add_edge(a, b, link=zl)
+    for i, lspec in enumerate(spec.links):
+        if lspec.between is None:
+            raise SpecError(field=f"links[{i}].between", value=None, source=source,
+                            accepted="two device names, e.g. [desktop, pi]")
+        for end in lspec.between:
+            if end not in devices:
+                raise SpecError(field=f"links[{i}].between", value=end, source=source,
+                                accepted=", ".join(devices))
+        if lspec.between[0] == lspec.between[1]:
+            raise SpecError(field=f"links[{i}].between", value=list(lspec.between), source=source,
+                            accepted="two different devices")
+        graph.add_edge(*lspec.between, link=Link(lspec.bandwidth, lspec.latency, lspec.medium))
+    if len(devices) > 1 and not nx.is_connected(graph):
+        isolated = [n for n in devices if graph.degree(n) == 0] or list(next(iter(nx.connected_components(graph))))
+        raise SpecError(field="links", value=f"devices {isolated} unreachable", source=source,
+                        accepted="links (or a default_link) connecting every device")
+    return Cluster(name=spec.name, devices=devices, graph=graph,
+                   media={k: v.bandwidth for k, v in spec.media.items()},
+                   locations=locations, addresses=addresses, power_modes=modes, zones=zones, source=source)
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    """Load a cluster YAML file; a name without a path may refer to a shipped example (home, jetson-lab, site64)."""
+    path = Path(path)
+    if not path.exists():
+        example = example_cluster_path(str(path))
+        if example is None:
+            raise SpecError(field="cluster", value=str(path), accepted="an existing YAML file or one of "
+                            + ", ".join(example_cluster_names()))
+        path = example
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(field="(YAML syntax)", value=str(exc).splitlines()[0], source=str(path),
+                        accepted="valid YAML") from None
+    return cluster_from_dict(raw, source=str(path))
+
+
+def _examples_dir() -> Path | None:
+    for candidate in (Path.cwd() / "examples" / "clusters",
+                      Path(__file__).resolve().parents[2] / "examples" / "clusters"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def example_cluster_names() -> list[str]:
+    d = _examples_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d else []
+
+
+def example_cluster_path(name: str) -> Path | None:
+    d = _examples_dir()
+    if d is None:
+        return None
+    path = d / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return path if path.is_file() else None

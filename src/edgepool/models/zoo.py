@@ -1,0 +1,156 @@
+"""The model zoo: every entry builds from a config (random weights), never from a download."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgepool.errors import SpecError
+from edgepool.models import language, vision
+
+
+@dataclass
+class ModelBundle:
+    """A model as ordered blocks plus how to make inputs and targets for it.
+
+    `blocks` applied in order equal the model; a pipeline cuts between blocks. `kind` is vision, encoder,
+    decoder or custom; `published_params` is the count the model's paper or card gives.
+    """
+
+    name: str
+    kind: str
+    blocks: nn.Sequential
+    input_kind: str = "image"  # image | tokens | tensor
+    image_size: int = 224
+    vocab_size: int = 0
+    num_classes: int = 1000
+    default_seq: int = 128
+    published_params: int | None = None
+    hf_model: nn.Module | None = None
+    config: dict = field(default_factory=dict)
+    custom_input: Callable[[int], torch.Tensor] | None = None
+
+    @property
+    def is_meta(self) -> bool:
+        return any(p.is_meta for p in self.blocks.parameters())
+
+    def num_parameters(self) -> int:
+        """Unique parameters (tied embeddings counted once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.blocks.parameters()}.values())
+
+    def example_input(self, batch: int = 1, seq: int | None = None, device: str | torch.device = "cpu",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.input_kind == "image":
+            return torch.randn(batch, 3, self.image_size, self.image_size, device=device, generator=generator)
+        if self.input_kind == "tokens":
+            return torch.randint(0, self.vocab_size, (batch, seq or self.default_seq), device=device,
+                                 generator=generator)
+        return self.custom_input(batch).to(device)
+
+    def example_target(self, batch: int = 1, seq: int | None = None, inputs: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Labels for `loss`: classes for classifiers, next tokens for decoders."""
+        if self.kind == "decoder":
+            tokens = inputs if inputs is not None else self.example_input(batch, seq, generator=generator)
+            return torch.roll(tokens, -1, dims=1)
+        return torch.randint(0, self.num_classes, (batch,), generator=generator)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.kind == "decoder":
+            return nn.functional.cross_entropy(output.flatten(0, 1), target.flatten())
+        if self.kind == "custom" and output.shape == target.shape:
+            return nn.functional.mse_loss(output, target)
+        return nn.functional.cross_entropy(output, target)
+
+
+def _vision(name: str, net: nn.Module, params: int, image_size: int = 224, num_classes: int = 1000) -> ModelBundle:
+    return ModelBundle(name=name, kind="vision", blocks=net.blocks(), input_kind="image", image_size=image_size,
+                       num_classes=num_classes, published_params=params)
+
+
+def _lm(name: str, kind: str, builder, params: int | None, seq: int, **config) -> ModelBundle:
+    model, blocks = builder(**config)
+    num_classes = config.get("num_labels", 2) if kind == "encoder" else config.get("vocab_size", 0)
+    return ModelBundle(name=name, kind=kind, blocks=blocks, input_kind="tokens", vocab_size=config["vocab_size"],
+                       num_classes=num_classes, default_seq=seq, published_params=params, hf_model=model,
+                       config=config)
+
+
+TINY_GPT2 = dict(vocab_size=512, n_positions=256, n_embd=64, n_layer=4, n_head=4, bos_token_id=0, eos_token_id=1)
+TINY_BERT = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                 max_position_embeddings=256, num_labels=2)
+TINY_LLAMA = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+# name -> (builder, published parameter count and its source)
+_ZOO: dict[str, tuple[Callable[..., ModelBundle], str]] = {
+    "mobilenet_v2": (lambda **k: _vision("mobilenet_v2", vision.MobileNetV2(**k), 3_504_872),
+                     "3,504,872 parameters: torchvision MobileNet_V2_Weights.IMAGENET1K_V1"),
+    "resnet18": (lambda **k: _vision("resnet18", vision.ResNet(vision.BasicBlock, [2, 2, 2, 2], **k), 11_689_512),
+                 "11,689,512 parameters: torchvision ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet50": (lambda **k: _vision("resnet50", vision.ResNet(vision.Bottleneck, [3, 4, 6, 3], **k), 25_557_032),
+                 "25,557,032 parameters, 4.1 GMACs: torchvision ResNet50_Weights.IMAGENET1K_V1; He et al. 2016"),
+    "vgg16": (lambda **k: _vision("vgg16", vision.VGG16(**k), 138_357_544),
+              "138,357,544 parameters: torchvision VGG16_Weights.IMAGENET1K_V1"),
+    "vit_b_16": (lambda **k: _vision("vit_b_16", vision.ViT(**k), 86_567_656),
+                 "86,567,656 parameters: torchvision ViT_B_16_Weights.IMAGENET1K_V1"),
+    "bert-base": (lambda **k: _lm("bert-base", "encoder", language.build_bert, 109_483_778, 128,
+                                  **{**dict(vocab_size=30522, num_labels=2), **k}),
+                  "109,482,240 (BertModel) + 1,538 classifier: bert-base-uncased model card / Devlin et al. 2019"),
+    "gpt2": (lambda **k: _lm("gpt2", "decoder", language.build_gpt2, 124_439_808, 128,
+                             **{**dict(vocab_size=50257), **k}),
+             "124,439,808 parameters (tied head): openai-community/gpt2 model card"),
+    "tinyllama-1.1b": (lambda **k: _lm("tinyllama-1.1b", "decoder", language.build_llama, 1_100_048_384, 512,
+                                       **{**dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                                                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                                                 max_position_embeddings=2048, tie_word_embeddings=False), **k}),
+                       "1,100,048,384 parameters: TinyLlama/TinyLlama-1.1B config (22 layers, 2048 hidden, GQA 4)"),
+    "llama-2-7b": (lambda **k: _lm("llama-2-7b", "decoder", language.build_llama, 6_738_415_616, 512,
+                                   **{**dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                                             max_position_embeddings=4096, tie_word_embeddings=False), **k}),
+                   "6,738,415,616 parameters: meta-llama/Llama-2-7b-hf config, Touvron et al. 2023"),
+    "gpt2-tiny": (lambda **k: _lm("gpt2-tiny", "decoder", language.build_gpt2, None, 32, **{**TINY_GPT2, **k}),
+                  "test config"),
+    "bert-tiny": (lambda **k: _lm("bert-tiny", "encoder", language.build_bert, None, 32, **{**TINY_BERT, **k}),
+                  "test config"),
+    "llama-tiny": (lambda **k: _lm("llama-tiny", "decoder", language.build_llama, None, 32, **{**TINY_LLAMA, **k}),
+                   "test config"),
+}
+
+# Built on PyTorch's meta device by default: too large to materialize on an edge box (profiling and planning).
+META_BY_DEFAULT = {"tinyllama-1.1b", "llama-2-7b"}
+
+
+def model_names() -> list[str]:
+    return list(_ZOO)
+
+
+def model_source(name: str) -> str:
+    return _ZOO[name][1]
+
+
+def build_model(name: str, meta: bool | None = None, seed: int = 0, **overrides) -> ModelBundle:
+    """Build a zoo model from its config; `meta=True` allocates no memory (profiling and planning only)."""
+    if name not in _ZOO:
+        raise SpecError(field="model", value=name, accepted=", ".join(model_names()))
+    meta = name in META_BY_DEFAULT if meta is None else meta
+    torch.manual_seed(seed)
+    if meta:
+        with torch.device("meta"):
+            bundle = _ZOO[name][0](**overrides)
+    else:
+        bundle = _ZOO[name][0](**overrides)
+    bundle.blocks.eval()
+    return bundle
+
+
+def bundle_from_module(module: nn.Module, example_input: torch.Tensor, name: str = "custom",
+                       target_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    """A user's own model: an `nn.Sequential` is cut between its children; anything else is one block."""
+    blocks = module if isinstance(module, nn.Sequential) else nn.Sequential(module)
+    per_sample = example_input[:1]
+    return ModelBundle(name=name, kind="custom", blocks=blocks, input_kind="tensor",
+                       custom_input=lambda b: per_sample.expand(b, *per_sample.shape[1:]).clone().normal_())
