@@ -22,6 +22,7 @@ class CostModel:
     precision: str = "fp32"
     optimizer: str = "adam"
     efficiency: dict[str, float] = field(default_factory=dict)  # device name -> calibrated efficiency
+    layer_overhead_s: dict[str, float] = field(default_factory=dict)  # device name -> fixed cost per layer pass
     runtime_overhead_bytes: int = 0  # per process: framework, allocator slack (tests and testbed set it)
 
     def __post_init__(self):
@@ -58,7 +59,8 @@ class CostModel:
         if batch <= 0 or end <= start:
             return 0.0
         scale = batch / profile.batch
-        total = 0.0
+        passes = 2 if phase == "fwdbwd" else 1
+        total = self.layer_overhead_s.get(device.name, 0.0) * (end - start) * passes
         for layer in profile.layers[start:end]:
             act = (layer.input_bytes + layer.output_bytes) * scale * self._byte_scale()
             weights = layer.param_bytes * self._byte_scale()
@@ -124,12 +126,32 @@ class CostModel:
         return busy_s * self.power(device, 1.0, mode) + idle_s * device.power_idle_w
 
     # ------------------------------------------------------------------ calibration
-    def calibrate(self, profile: ModelProfile, device: Device) -> "CostModel":
-        """Fit `device`'s efficiency so the roofline's compute-bound total matches the measured total time."""
-        measured = [(l.fwd_time_s or 0) + (l.bwd_time_s or 0) for l in profile.layers]
-        if not any(measured):
-            raise ValueError("calibrate needs a profile measured with measure=True")
-        base = replace(self, efficiency={**self.efficiency, device.name: 1.0})
-        ideal = base.layers_time(profile, 0, len(profile), device, profile.batch, "fwdbwd")
-        efficiency = min(max(ideal / sum(measured), 1e-4), 1.0)
-        return replace(self, efficiency={**self.efficiency, device.name: efficiency})
+    def calibrate(self, profiles: ModelProfile | list[ModelProfile], device: Device) -> "CostModel":
+        """Fit `device`'s efficiency and per-layer overhead to measured layer times.
+
+        Least squares of measured = overhead + ideal / efficiency over every measured layer pass, where
+        `ideal` is the roofline time at efficiency 1: small layers expose the fixed overhead, large ones the
+        attainable fraction of peak.
+        """
+        profiles = profiles if isinstance(profiles, list) else [profiles]
+        base = replace(self, efficiency={**self.efficiency, device.name: 1.0},
+                       layer_overhead_s={**self.layer_overhead_s, device.name: 0.0})
+        ideal, measured = [], []
+        for prof in profiles:
+            for i, layer in enumerate(prof.layers):
+                for phase, t in (("fwd", layer.fwd_time_s), ("bwd", layer.bwd_time_s)):
+                    if t is not None:
+                        ideal.append(base.layers_time(prof, i, i + 1, device, prof.batch, phase))
+                        measured.append(t)
+        if len(measured) < 2:
+            raise ValueError("calibrate needs profiles measured with measure=True")
+        n = len(ideal)
+        mean_x, mean_y = sum(ideal) / n, sum(measured) / n
+        var = sum((x - mean_x) ** 2 for x in ideal)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(ideal, measured)) / var if var else 0.0
+        overhead = mean_y - slope * mean_x
+        if slope <= 0 or overhead < 0:  # degenerate fit: fall back to a pure ratio, no overhead
+            slope, overhead = sum(measured) / max(sum(ideal), 1e-12), 0.0
+        efficiency = min(max(1.0 / slope, 1e-4), 1.0)
+        return replace(self, efficiency={**self.efficiency, device.name: efficiency},
+                       layer_overhead_s={**self.layer_overhead_s, device.name: overhead})

@@ -42,8 +42,9 @@ class MobileNetV2(nn.Module):
     SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1)]  # (expansion, channels, repeats, first stride), Sandler et al. 2018, Table 2
 
-    def __init__(self, num_classes: int = 1000, width: float = 1.0):
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, image_size: int = 224):
         super().__init__()
+        self.image_size = image_size
         cin = int(32 * width)
         last = max(1280, int(1280 * width))
         features: list[nn.Module] = [conv_bn_relu(3, cin, 3, 2)]
@@ -111,8 +112,10 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Module | None:
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type, layers: list[int], num_classes: int = 1000, width: int = 64):
+    def __init__(self, block: type, layers: list[int], num_classes: int = 1000, width: int = 64,
+                 image_size: int = 224):
         super().__init__()
+        self.image_size = image_size
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -145,6 +148,7 @@ class VGG16(nn.Module):
 
     def __init__(self, num_classes: int = 1000, width: float = 1.0, image_size: int = 224):
         super().__init__()
+        self.image_size = image_size
         layers: list[nn.Module] = []
         cin = 3
         for v in self.CFG:
@@ -221,6 +225,7 @@ class ViT(nn.Module):
     def __init__(self, image_size: int = 224, patch: int = 16, dim: int = 768, depth: int = 12, heads: int = 12,
                  mlp_dim: int = 3072, num_classes: int = 1000):
         super().__init__()
+        self.image_size = image_size
         self.embed = PatchEmbed(image_size, patch, dim)
         self.layers = nn.ModuleList(EncoderBlock(dim, heads, mlp_dim) for _ in range(depth))
         self.head = ClassTokenHead(dim, num_classes)

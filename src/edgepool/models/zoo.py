@@ -8,7 +8,20 @@ import torch
 from torch import nn
 
 from edgepool.errors import SpecError
-from edgepool.models import language, vision
+from edgepool.models import vision
+
+
+class _LazyLanguage:
+    """`edgepool.models.language`, imported on first use: `transformers` costs ~5 s of CPU per process, and
+    worker processes of vision or custom models never need it."""
+
+    def __getattr__(self, name: str):
+        import importlib
+
+        return getattr(importlib.import_module("edgepool.models.language"), name)
+
+
+language = _LazyLanguage()
 
 
 @dataclass
@@ -65,9 +78,11 @@ class ModelBundle:
         return nn.functional.cross_entropy(output, target)
 
 
-def _vision(name: str, net: nn.Module, params: int, image_size: int = 224, num_classes: int = 1000) -> ModelBundle:
+def _vision(name: str, net: nn.Module, params: int) -> ModelBundle:
+    head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    image_size = getattr(net, "image_size", 224)
     return ModelBundle(name=name, kind="vision", blocks=net.blocks(), input_kind="image", image_size=image_size,
-                       num_classes=num_classes, published_params=params)
+                       num_classes=head.out_features, published_params=params)
 
 
 def _lm(name: str, kind: str, builder, params: int | None, seq: int, **config) -> ModelBundle:
