@@ -1,0 +1,355 @@
+"""Shared pipeline costs: one stage, one boundary transfer, one all-reduce, and a whole plan's estimate.
+
+Every planner's `Plan.predicted` comes from `estimate`, and the simulator replays a plan with the same
+per-operation functions (`stage_op_times`, `boundary_transfer`, `group_allreduce`, ...), so the planner's
+prediction and the simulator's replay differ only by how the schedule is composed (closed form vs. events).
+
+Semantics (as documented in `edgepool.plan`): a pipeline processes `batch * batch_share` samples per
+iteration in `microbatches` micro-batches; inside a stage each device takes `share` of every micro-batch
+(data parallel) and the stage's gradients are all-reduced across its group once per iteration; with several
+pipelines, gradients are also all-reduced across pipelines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgepool.cluster import Cluster, Link
+from edgepool.costmodel import OPTIMIZER_STATE, PRECISION_BYTES, CostModel
+from edgepool.plan import PipelinePlan, Plan, StagePlan
+from edgepool.profile import ModelProfile
+
+# Adam-like update: about 10 FLOPs per parameter (moments, bias correction, update).
+OPTIMIZER_FLOPS_PER_PARAM = 10.0
+
+
+def byte_scale(cost_model: CostModel) -> float:
+    """Bytes of an activation/weight in the training precision over the profile's fp32 bytes."""
+    return PRECISION_BYTES[cost_model.precision] / 4
+
+
+def device_mode(cluster: Cluster, name: str):
+    """The power mode the cluster spec sets for a device (None: the device's maximum)."""
+    return cluster.devices[name].mode(cluster.power_modes.get(name))
+
+
+class LinkCache:
+    """`cluster.link` memoized: routes without a direct edge cost a shortest-path search each time."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster, self._cache = cluster, {}
+
+    def __call__(self, a: str, b: str) -> Link:
+        key = (a, b) if a <= b else (b, a)
+        if key not in self._cache:
+            self._cache[key] = self.cluster.link(a, b)
+        return self._cache[key]
+
+    def capacity(self, link: Link) -> float | None:
+        return self.cluster.medium_capacity(link.medium)
+
+
+def microbatch_size(plan: Plan, pipe: PipelinePlan) -> float:
+    return plan.batch * pipe.batch_share / plan.microbatches
+
+
+def activation_bytes(profile: ModelProfile, end: int, microbatch: float, cost_model: CostModel) -> float:
+    """Bytes crossing the cut after layer `end - 1` for one micro-batch (same size forward and backward)."""
+    return profile.layers[end - 1].output_bytes * microbatch / profile.batch * byte_scale(cost_model)
+
+
+def gradient_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostModel) -> float:
+    return cost_model.weights_bytes(profile, start, end)
+
+
+def optimizer_time(cost_model: CostModel, profile: ModelProfile, start: int, end: int, device, mode=None) -> float:
+    """One optimizer step over layers [start, end): read weights, gradients and state, write weights and state."""
+    param_bytes = profile.slice_sum("param_bytes", start, end)
+    if param_bytes <= 0:
+        return 0.0
+    nparams = param_bytes / profile.dtype_bytes
+    moved = param_bytes * (3 * byte_scale(cost_model) + 2 * OPTIMIZER_STATE[cost_model.optimizer])
+    return cost_model.compute_time(OPTIMIZER_FLOPS_PER_PARAM * nparams, moved, device, mode=mode)
+
+
+def proportional_shares(profile: ModelProfile, cost_model: CostModel, cluster: Cluster, devices: list[str],
+                        start: int, end: int, microbatch: float, rounds: int = 4) -> list[float]:
+    """Shares of a micro-batch in proportion to each device's speed on layers [start, end), so that the
+    group's devices finish together. Fixed point: a device's rate is measured at its current share."""
+    n = len(devices)
+    shares = [1.0 / n] * n
+    if n == 1:
+        return shares
+    for _ in range(rounds):
+        rates = []
+        for name, share in zip(devices, shares):
+            x = max(share * microbatch, 1e-3)
+            t = cost_model.layers_time(profile, start, end, cluster.devices[name], x, "fwdbwd",
+                                       mode=device_mode(cluster, name))
+            rates.append(x / t if t > 0 else 1e30)
+        total = sum(rates)
+        shares = [r / total for r in rates]
+    return normalize_shares(shares)
+
+
+def normalize_shares(shares: list[float]) -> list[float]:
+    total = sum(shares)
+    out = [round(s / total, 9) for s in shares]
+    out[-1] = round(1.0 - sum(out[:-1]), 9)
+    return out
+
+
+# ----------------------------------------------------------------------------- per-operation costs
+@dataclass
+class StageOps:
+    """Per-device times of one micro-batch's forward and backward on a stage, plus per-iteration work."""
+
+    fwd: dict[str, float]
+    bwd: dict[str, float]
+    optimizer: dict[str, float]
+    allreduce_s: float
+    allreduce_medium: str | None
+    grad_bytes: float
+
+    @property
+    def fwd_s(self) -> float:
+        return max(self.fwd.values())
+
+    @property
+    def bwd_s(self) -> float:
+        return max(self.bwd.values())
+
+
+def stage_op_times(profile: ModelProfile, cost_model: CostModel, cluster: Cluster, stage: StagePlan,
+                   microbatch: float, links: LinkCache | None = None) -> StageOps:
+    links = links or LinkCache(cluster)
+    start, end = stage.layers
+    fwd, bwd, opt = {}, {}, {}
+    for name, share in zip(stage.devices, stage.shares):
+        device, mode = cluster.devices[name], device_mode(cluster, name)
+        fwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "fwd", mode=mode)
+        bwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "bwd", mode=mode)
+        opt[name] = optimizer_time(cost_model, profile, start, end, device, mode)
+    nbytes = gradient_bytes(profile, start, end, cost_model)
+    ar, medium = group_allreduce(stage.devices, nbytes, links)
+    return StageOps(fwd, bwd, opt, ar, medium, nbytes)
+
+
+def slowest_link(devices: list[str], links: LinkCache) -> Link | None:
+    worst = None
+    for i, a in enumerate(devices):
+        for b in devices[i + 1:]:
+            link = links(a, b)
+            if worst is None or link.bandwidth < worst.bandwidth or (
+                    link.bandwidth == worst.bandwidth and link.latency_s > worst.latency_s):
+                worst = link
+    return worst
+
+
+def group_allreduce(devices: list[str], nbytes: float, links: LinkCache) -> tuple[float, str | None]:
+    """Ring all-reduce over the group's slowest link; on a shared medium all n senders split its capacity."""
+    n = len(devices)
+    if n <= 1 or nbytes <= 0:
+        return 0.0, None
+    link = slowest_link(devices, links)
+    capacity = links.capacity(link)
+    if capacity is not None:
+        link = Link(min(link.bandwidth, capacity / n), link.latency_s, link.medium)
+    return CostModel.allreduce_time(nbytes, n, link), (link.medium if capacity is not None else None)
+
+
+def boundary_transfer(senders: list[str], send_shares: list[float], receivers: list[str], recv_shares: list[float],
+                      nbytes: float, links: LinkCache) -> tuple[float, str | None]:
+    """Move one micro-batch's activations (or their gradients) between two stage groups.
+
+    Samples are laid out contiguously by share on both sides, so sender d sends to receiver e the overlap of
+    their sample ranges. Each endpoint moves its pairs one after another (its NIC is the limit); pairs on a
+    shared medium also share its capacity. Returns (seconds, medium or None)."""
+    if nbytes <= 0:
+        return 0.0, None
+    pairs = []
+    a0 = 0.0
+    for d, ws in zip(senders, send_shares):
+        a1 = a0 + ws
+        b0 = 0.0
+        for e, wr in zip(receivers, recv_shares):
+            b1 = b0 + wr
+            overlap = min(a1, b1) - max(a0, b0)
+            if overlap > 1e-12:
+                pairs.append((d, e, overlap * nbytes))
+            b0 = b1
+        a0 = a1
+    load: dict[str, float] = {}
+    medium_bytes: dict[str, float] = {}
+    latency = 0.0
+    for d, e, b in pairs:
+        link = links(d, e)
+        latency = max(latency, link.latency_s)
+        t = b / link.bandwidth
+        load[d] = load.get(d, 0.0) + t
+        load[e] = load.get(e, 0.0) + t
+        if links.capacity(link) is not None:
+            medium_bytes[link.medium] = medium_bytes.get(link.medium, 0.0) + b
+    duration = max(load.values()) if load else 0.0
+    medium = None
+    for name, b in medium_bytes.items():
+        t = b / links.cluster.media[name]
+        if t >= duration:
+            duration, medium = t, name
+    if medium is None and medium_bytes:
+        medium = max(medium_bytes, key=medium_bytes.get)
+    return latency + duration, medium
+
+
+def cross_pipeline_allreduce(plan: Plan, profile: ModelProfile, cost_model: CostModel,
+                             links: LinkCache) -> float:
+    """All-reduce of the whole model's gradients among pipelines (one leader per pipeline), over the
+    slowest link between pipeline leaders."""
+    n = len(plan.pipelines)
+    if n <= 1:
+        return 0.0
+    leaders = [p.stages[0].devices[0] for p in plan.pipelines]
+    link = slowest_link(leaders, links)
+    capacity = links.capacity(link)
+    if capacity is not None:
+        link = Link(min(link.bandwidth, capacity / n), link.latency_s, link.medium)
+    return CostModel.allreduce_time(gradient_bytes(profile, 0, len(profile), cost_model), n, link)
+
+
+def in_flight(schedule: str, stage_index: int, num_stages: int, microbatches: int) -> int:
+    """Micro-batches whose activations a stage holds at its peak: 1F1B keeps (stages after it + 1),
+    GPipe keeps all of them."""
+    if schedule == "gpipe":
+        return microbatches
+    return max(1, min(num_stages - stage_index, microbatches))
+
+
+# ----------------------------------------------------------------------------- a whole plan
+@dataclass
+class PipelineCost:
+    stages: list[StageOps]
+    fwd_comm: list[float]  # boundary s -> s+1, per micro-batch
+    bwd_comm: list[float]
+    comm_media: list[str | None]
+    microbatch: float
+
+
+@dataclass
+class Estimate:
+    feasible: bool
+    reason: str | None
+    iteration_time_s: float
+    throughput: float
+    bottleneck_s: float
+    memory: dict[str, float] = field(default_factory=dict)
+    memory_limit: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def headroom(self) -> float:
+        """Smallest free fraction of any device's memory (negative: over the limit)."""
+        if not self.memory:
+            return 1.0
+        return min(1 - self.memory[d] / self.memory_limit[d] for d in self.memory)
+
+    def predicted(self) -> dict[str, float]:
+        return {"throughput": self.throughput, "iteration_time_s": self.iteration_time_s,
+                "bottleneck_s": self.bottleneck_s, "memory_headroom": self.headroom,
+                "peak_memory_bytes": max(self.memory.values(), default=0.0)}
+
+
+def pipeline_costs(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: Cluster,
+                   links: LinkCache | None = None) -> list[PipelineCost]:
+    links = links or LinkCache(cluster)
+    out = []
+    for pipe in plan.pipelines:
+        mb = microbatch_size(plan, pipe)
+        ops = [stage_op_times(profile, cost_model, cluster, s, mb, links) for s in pipe.stages]
+        fwd_c, bwd_c, media = [], [], []
+        for a, b in zip(pipe.stages, pipe.stages[1:]):
+            nbytes = activation_bytes(profile, a.layers[1], mb, cost_model)
+            tf, medium = boundary_transfer(a.devices, a.shares, b.devices, b.shares, nbytes, links)
+            tb, _ = boundary_transfer(b.devices, b.shares, a.devices, a.shares, nbytes, links)
+            fwd_c.append(tf), bwd_c.append(tb), media.append(medium)
+        out.append(PipelineCost(ops, fwd_c, bwd_c, media, mb))
+    return out
+
+
+def memory_per_device(plan: Plan, profile: ModelProfile, cost_model: CostModel,
+                      in_flight_of=None) -> dict[str, float]:
+    """Peak training memory per device; `in_flight_of(pipeline, stage)` overrides the schedule's formula."""
+    memory = {}
+    for p, pipe in enumerate(plan.pipelines):
+        mb = microbatch_size(plan, pipe)
+        for s, stage in enumerate(pipe.stages):
+            k = in_flight_of(p, s) if in_flight_of else in_flight(plan.schedule, s, len(pipe.stages),
+                                                                   plan.microbatches)
+            for name, share in zip(stage.devices, stage.shares):
+                memory[name] = cost_model.training_memory(profile, stage.layers[0], stage.layers[1],
+                                                          share * mb, in_flight=k)
+    return memory
+
+
+def memory_problem(memory: dict[str, float], cluster: Cluster) -> str | None:
+    """The first device whose memory is exceeded, said plainly, or None."""
+    for name, need in memory.items():
+        limit = cluster.devices[name].memory_bytes
+        if need > limit:
+            return (f"device {name!r} needs {need / 2**30:.2f} GiB (weights, gradients, optimizer state and "
+                    f"activations in flight) but has {limit / 2**30:.2f} GiB")
+    return None
+
+
+def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: Cluster,
+             links: LinkCache | None = None) -> Estimate:
+    """Closed-form iteration time of a plan (the simulator replays the same operations as events).
+
+    Per pipeline with S stages, M micro-batches, per-micro-batch stage times F_s, B_s and boundary transfers
+    Cf_b, Cb_b: the steady-state period is tau = max(F_s + B_s, Cf_b, Cb_b, load of each shared medium, and
+    under 1F1B the round trip from stage s to the end and back over the min(S - s, M) micro-batches it keeps
+    in flight);
+    1F1B takes sum(F + B) + sum(Cf + Cb) + (M - 1) tau; GPipe does the forward wave then the backward wave.
+    Stage s finishes its last backward sum_{k<s}(B_k + Cb_k) before the pipeline ends, then all-reduces
+    its gradients in its group and steps its optimizer; with several pipelines the whole model's gradients
+    are also all-reduced across pipelines before the optimizer step."""
+    links = links or LinkCache(cluster)
+    costs = pipeline_costs(plan, profile, cost_model, cluster, links)
+    M = plan.microbatches
+    ends, bottleneck, opt_max = [], 0.0, 0.0
+    single = len(plan.pipelines) == 1
+    for pc in costs:
+        F = [o.fwd_s for o in pc.stages]
+        B = [o.bwd_s for o in pc.stages]
+        media_load: dict[str, float] = {}
+        for tf, tb, medium in zip(pc.fwd_comm, pc.bwd_comm, pc.comm_media):
+            if medium:
+                media_load[medium] = media_load.get(medium, 0.0) + tf + tb
+        if plan.schedule == "gpipe":
+            tau_f = max([*F, *pc.fwd_comm, *media_load.values()])
+            tau_b = max([*B, *pc.bwd_comm, *media_load.values()])
+            total = sum(F) + sum(pc.fwd_comm) + sum(B) + sum(pc.bwd_comm) + (M - 1) * (tau_f + tau_b)
+            tau = tau_f + tau_b
+        else:
+            tau = max([f + b for f, b in zip(F, B)] + pc.fwd_comm + pc.bwd_comm + list(media_load.values()))
+            # 1F1B lets stage s run only min(S - s, M) micro-batches ahead: a round trip from s to the last
+            # stage and back (compute and transfers) must fit in that window
+            S = len(F)
+            for s in range(S):
+                round_trip = sum(F[s:]) + sum(B[s:]) + sum(pc.fwd_comm[s:]) + sum(pc.bwd_comm[s:])
+                tau = max(tau, round_trip / min(S - s, M))
+            total = sum(F) + sum(B) + sum(pc.fwd_comm) + sum(pc.bwd_comm) + (M - 1) * tau
+        bottleneck = max(bottleneck, tau)
+        end = 0.0
+        for s, ops in enumerate(pc.stages):
+            finish = total - sum(B[:s]) - sum(pc.bwd_comm[:s])
+            opt = max(ops.optimizer.values())
+            opt_max = max(opt_max, opt)
+            end = max(end, finish + ops.allreduce_s + (opt if single else 0.0))
+        ends.append(end)
+    iteration = max(ends)
+    if not single:
+        iteration += cross_pipeline_allreduce(plan, profile, cost_model, links) + opt_max
+    memory = memory_per_device(plan, profile, cost_model)
+    limits = {d: float(cluster.devices[d].memory_bytes) for d in memory}
+    reason = memory_problem(memory, cluster)
+    return Estimate(feasible=reason is None, reason=reason, iteration_time_s=iteration,
+                    throughput=plan.batch / iteration if iteration > 0 else 0.0, bottleneck_s=bottleneck,
+                    memory=memory, memory_limit=limits)

@@ -1,0 +1,121 @@
+"""Plots with matplotlib's Agg backend: pipeline Gantt charts of Reports and Pareto fronts.
+
+`draw_gantt` takes any `Report` (simulated or measured: both carry `timeline` events) or several, drawn side
+by side on one time scale so a simulated and a measured run of one plan compare at a glance.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from edgepool.report import Report  # noqa: E402
+
+COLORS = {"fwd": "#4C72B0", "bwd": "#DD8452", "send": "#8C8C8C", "recv": "#B8B8B8", "comm": "#8C8C8C",
+          "allreduce": "#8172B3", "optimizer": "#55A868", "recovery": "#C44E52"}
+OTHER = "#CCB974"
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write atomically (temp file, then rename) so a half-written image never looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def draw_gantt(reports: Report | Sequence[Report], path: str | Path, title: str | None = None,
+               max_events: int = 20000) -> Path:
+    """One row per device, forward/backward/communication/all-reduce/optimizer coloured; one panel per report."""
+    if isinstance(reports, Report):
+        reports = [reports]
+    if not reports:
+        raise ValueError("draw_gantt needs at least one report")
+    end = max((max((e.end for e in r.timeline), default=0.0) for r in reports), default=0.0) or 1.0
+    rows = max(len({e.device for e in r.timeline} | set(r.per_device)) for r in reports)
+    fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 1.0 + 0.35 * max(rows, 2)),
+                             squeeze=False, sharex=True)
+    for ax, report in zip(axes[0], reports):
+        devices = list(report.per_device) or sorted({e.device for e in report.timeline})
+        for e in report.timeline:
+            if e.device not in devices:
+                devices.append(e.device)
+        index = {d: i for i, d in enumerate(devices)}
+        events = report.timeline[:max_events]
+        for e in events:
+            comm = e.kind in ("send", "recv", "comm")
+            y, height = (index[e.device] + 0.1, 0.3) if comm else (index[e.device] - 0.4, 0.45)
+            ax.broken_barh([(e.start, max(e.end - e.start, end * 1e-4))], (y, height),
+                           facecolors=COLORS.get(e.kind, OTHER), edgecolor="none")
+        ax.set_yticks(range(len(devices)))
+        ax.set_yticklabels(devices, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, end * 1.02)
+        ax.set_xlabel("time (s)")
+        label = f"{report.source}: {report.planner or ''} {report.model or ''} on {report.cluster or ''}".strip()
+        if report.throughput:
+            label += f"\n{report.throughput:.2f} samples/s, iteration {report.iteration_time_s:.3f} s"
+        elif not report.feasible:
+            label += "\ninfeasible: " + (report.infeasible_reason or "")[:80]
+        if len(report.timeline) > max_events:
+            label += f" (first {max_events} events)"
+        ax.set_title(label, fontsize=8)
+    kinds = sorted({e.kind for r in reports for e in r.timeline})
+    handles = [Patch(color=COLORS.get(k, OTHER), label=k) for k in kinds]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.08))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def pareto_front(points: Iterable[tuple[float, float]], minimize_x: bool = True,
+                 maximize_y: bool = True) -> list[int]:
+    """Indices of the points no other point beats on both axes."""
+    pts = list(points)
+    sx, sy = (1 if minimize_x else -1), (-1 if maximize_y else 1)
+    front = []
+    for i, (x, y) in enumerate(pts):
+        dominated = any(sx * x2 <= sx * x and sy * y2 <= sy * y and (x2, y2) != (x, y) for x2, y2 in pts)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def draw_pareto(points: Sequence, path: str | Path, x_label: str = "x", y_label: str = "y",
+                minimize_x: bool = True, maximize_y: bool = True, title: str | None = None) -> Path:
+    """Scatter of (x, y) or (x, y, label) points with the Pareto front drawn as a line."""
+    if not points:
+        raise ValueError("draw_pareto needs at least one point")
+    xy = [(float(p[0]), float(p[1])) for p in points]
+    labels = [p[2] if len(p) > 2 else None for p in points]
+    front = sorted(pareto_front(xy, minimize_x, maximize_y), key=lambda i: xy[i][0])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([x for x, _ in xy], [y for _, y in xy], s=14, color="#8C8C8C", label="points")
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-o", color="#C44E52", ms=4,
+            label="Pareto front")
+    for (x, y), label in zip(xy, labels):
+        if label:
+            ax.annotate(str(label), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
