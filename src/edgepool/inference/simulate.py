@@ -1,0 +1,197 @@
+"""Simulated latency and memory of an inference `Plan` from the cost model: a `Report(source="simulated")`.
+
+Per stage, per layer: each member computes its share of the layer (roofline `CostModel.compute_time` on its
+share of the FLOPs and weights). Communication:
+- `tensor` (Megatron-style): two ring all-reduces of the whole hidden state per layer, over the slowest link;
+- `tensor+sequence` (Galaxy): two all-gathers and two reduce-scatters per layer, sent pair-wise (see
+  `collectives`): a phase lasts as long as its slowest pair transfer. With `tiles` > 1, communication and
+  computation overlap: a layer takes max(compute, comm) + min(compute, comm) / tiles.
+Between stages: one transfer of the hidden state between leaders, plus the scatter/broadcast inside the next
+stage. Embedding and head run on the stage leader. A decode step is the same with one new token, plus reading
+the KV cache of `context` tokens for attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgepool.cluster import Cluster
+from edgepool.costmodel import CostModel
+from edgepool.inference.collectives import split_counts
+from edgepool.plan import Plan, StagePlan
+from edgepool.profile import ModelProfile
+from edgepool.report import DeviceStats, Report, TimelineEvent
+
+PHASES = ("prefill", "decode")
+# CPU cost of one tile of one exchange with one peer (a Python-level gloo isend + irecv, their bookkeeping and a
+# smaller matrix product). Measured on the 2-core development host, BERT-base at seq 512: with 4 ranks and 1 tile
+# the tensor+sequence mode used about 0.3 s more CPU per device per forward than Megatron-style all-reduce
+# (288 tile-exchange-peers, about 1 ms each); with 2 ranks, 8 tiles cost 0.6 s more than 1 tile (1.8 ms per
+# extra one). It is CPU work, so it adds to computation instead of overlapping with it.
+TILE_CPU_S = 1.5e-3
+# gloo's ring all-reduce runs in C++: far cheaper per step.
+ALLREDUCE_STEP_CPU_S = 1e-4
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """batch x seq new tokens; for `decode`, seq is 1 and `context` tokens are already cached."""
+
+    batch: int = 1
+    seq: int = 128
+    phase: str = "prefill"
+    context: int = 0
+
+    def __post_init__(self):
+        if self.phase not in PHASES:
+            raise ValueError(f"phase = {self.phase!r} is not valid; accepted: {', '.join(PHASES)}")
+
+
+def row_bytes(profile: ModelProfile, batch: int) -> float:
+    """Bytes of one sequence position's hidden state for `batch` requests (fp32)."""
+    layer = profile.layers[1] if len(profile.layers) > 2 else profile.layers[0]
+    return layer.output_bytes / (profile.seq or 1) / profile.batch * batch
+
+
+def layer_time(cost: CostModel, profile: ModelProfile, index: int, device, share: float, shape: RequestShape) -> float:
+    """One block's time on `device` for a `share` of its heads/columns (and all of its rows)."""
+    layer = profile.layers[index]
+    scale = shape.batch / profile.batch
+    flops = layer.fwd_flops * scale * share
+    moved = layer.param_bytes * share + (layer.input_bytes + layer.output_bytes) * scale
+    if shape.phase == "decode" and 0 < index < len(profile.layers) - 1:
+        rb = row_bytes(profile, shape.batch)
+        flops += 4 * shape.context * rb / 4 * share  # q.k and p.v over the cached tokens
+        moved += 2 * shape.context * rb * share  # reading the cached keys and values
+    return cost.compute_time(flops, moved, device)
+
+
+def stage_memory(cost: CostModel, profile: ModelProfile, stage: StagePlan, num_blocks: int,
+                 shape: RequestShape) -> dict[str, float]:
+    """Bytes each member holds: its share of the layers' weights, embedding/head where it runs them, activations."""
+    lo, hi = stage.layers
+    out = {}
+    rb = row_bytes(profile, shape.batch)
+    seq_total = shape.seq + shape.context
+    for i, (dev, share) in enumerate(zip(stage.devices, stage.shares)):
+        weights = 0.0
+        for b in range(lo, hi):
+            p = profile.layers[b].param_bytes
+            if b == 0:
+                weights += p  # every first-stage member embeds the input itself
+            elif b == num_blocks - 1:
+                weights += p if i == 0 else 0.0
+            else:
+                weights += p * share
+        layers = sum(1 for b in range(lo, hi) if 0 < b < num_blocks - 1)
+        kv = 2 * seq_total * rb * share * layers
+        activations = 6 * shape.seq * rb
+        out[dev] = weights + kv + activations + cost.runtime_overhead_bytes
+    return out
+
+
+def _pair_phase(cluster: Cluster, devices: list[str], sizes: dict[tuple[str, str], float]) -> float:
+    """Time of a set of concurrent pair-wise transfers: the slowest one."""
+    slowest = 0.0
+    for (src, dst), nbytes in sizes.items():
+        slowest = max(slowest, CostModel.transfer_time(nbytes, cluster.link(src, dst)))
+    return slowest
+
+
+def _slowest_link(cluster: Cluster, devices: list[str]):
+    links = [cluster.link(a, b) for a in devices for b in devices if a != b]
+    return min(links, key=lambda l: l.bandwidth)
+
+
+def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cluster, cost: CostModel,
+                shape: RequestShape, tiles: int) -> dict[str, float]:
+    """compute_s, comm_s and total_s of one stage (without the hand-off from the previous stage)."""
+    stage = plan.stages[stage_index]
+    devices = [cluster.devices[d] for d in stage.devices]
+    num_blocks = len(profile.layers)
+    lo, hi = stage.layers
+    leader = devices[0]
+    extra = 0.0  # embedding and head, on the leader
+    compute = comm = total = 0.0
+    rb = row_bytes(profile, shape.batch)
+    n = len(devices)
+    parallel = "single" if n == 1 else stage.parallel
+    if parallel == "tensor+sequence":
+        rows = dict(zip(stage.devices, split_counts(shape.seq, list(stage.shares))))
+        gather = {(a, b): rows[a] * rb for a in stage.devices for b in stage.devices if a != b and rows[a]}
+        scatter = {(a, b): rows[b] * rb for a in stage.devices for b in stage.devices if a != b and rows[b]}
+        per_layer_comm = 2 * (_pair_phase(cluster, stage.devices, gather) + _pair_phase(cluster, stage.devices, scatter))
+        per_layer_cpu = 4 * tiles * (n - 1) * TILE_CPU_S
+    elif parallel == "tensor":
+        per_layer_comm = 2 * CostModel.allreduce_time(shape.seq * rb, n, _slowest_link(cluster, stage.devices))
+        per_layer_cpu = 2 * 2 * (n - 1) * ALLREDUCE_STEP_CPU_S  # two ring all-reduces of 2(n-1) steps
+    else:
+        per_layer_comm = per_layer_cpu = 0.0
+    for b in range(lo, hi):
+        if b == 0 or b == num_blocks - 1:
+            extra += layer_time(cost, profile, b, leader, 1.0, shape)
+            continue
+        c = max(layer_time(cost, profile, b, d, s, shape) for d, s in zip(devices, stage.shares)) + per_layer_cpu
+        compute += c
+        comm += per_layer_comm
+        if parallel == "tensor+sequence" and tiles > 1:
+            total += max(c, per_layer_comm) + min(c, per_layer_comm) / tiles
+        else:
+            total += c + per_layer_comm
+    if parallel == "tensor+sequence":  # rows in from the leader (unless embedded here) and back to it
+        sizes = {(stage.devices[0], d): r * rb for d, r in zip(stage.devices, split_counts(shape.seq, list(stage.shares)))
+                 if d != stage.devices[0] and r}
+        hand = _pair_phase(cluster, stage.devices, sizes)
+        comm += hand * (1 if lo == 0 else 2)
+        total += hand * (1 if lo == 0 else 2)
+    elif parallel == "tensor" and lo > 0:
+        hand = max(CostModel.transfer_time(shape.seq * rb, cluster.link(stage.devices[0], d)) for d in stage.devices[1:])
+        comm += hand
+        total += hand
+    return {"compute_s": compute + extra, "comm_s": comm, "total_s": total + extra}
+
+
+def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost: CostModel | None = None,
+                       shape: RequestShape | None = None, tiles: int | None = None) -> Report:
+    """Latency (one request) of `plan`; `shape` defaults to the request the plan was made for."""
+    cost = cost or CostModel()
+    if shape is None:  # the request the planner planned for, as it noted it
+        notes = plan.notes
+        shape = RequestShape(batch=plan.batch, seq=int(notes.get("new_tokens", plan.seq or profile.seq or 1)),
+                             phase=notes.get("phase", "prefill"), context=int(notes.get("context", 0)))
+    tiles = tiles or int(plan.notes.get("tiles", 1))
+    where = "edgepool inference simulator (roofline cost model; link latency and bandwidth from the cluster spec)"
+    if not plan.feasible:
+        return Report(source="simulated", where=where, planner=plan.planner, model=plan.model, cluster=plan.cluster,
+                      feasible=False, infeasible_reason=plan.infeasible_reason)
+    rb = row_bytes(profile, shape.batch)
+    clock = 0.0
+    timeline: list[TimelineEvent] = []
+    per_device: dict[str, DeviceStats] = {}
+    stages_out = []
+    for s, stage in enumerate(plan.stages):
+        if s > 0:
+            hop = CostModel.transfer_time(shape.seq * rb, cluster.link(plan.stages[s - 1].devices[0], stage.devices[0]))
+            timeline.append(TimelineEvent(device=stage.devices[0], kind="recv", start=clock, end=clock + hop, stage=s))
+            clock += hop
+        times = stage_times(plan, s, profile, cluster, cost, shape, tiles)
+        for d in stage.devices:
+            timeline.append(TimelineEvent(device=d, kind="fwd", start=clock, end=clock + times["total_s"], stage=s))
+        clock += times["total_s"]
+        stages_out.append(times)
+        for dev, mem in stage_memory(cost, profile, stage, len(profile.layers), shape).items():
+            limit = cluster.devices[dev].memory_bytes
+            per_device[dev] = DeviceStats(busy_s=times["total_s"], peak_memory_bytes=mem, memory_limit_bytes=limit)
+    if shape.phase == "decode" and len(plan.stages) > 1:  # the token goes back to the first device
+        clock += cluster.link(plan.stages[-1].devices[0], plan.stages[0].devices[0]).latency_s
+    for dev, stats in per_device.items():
+        stats.utilization = stats.busy_s / clock if clock else 0.0
+        stats.energy_j = cost.energy(cluster.devices[dev], stats.busy_s, clock - stats.busy_s)
+    over = {d: s.peak_memory_bytes for d, s in per_device.items() if s.peak_memory_bytes > (s.memory_limit_bytes or 1e30)}
+    feasible = not over
+    return Report(source="simulated", where=where, planner=plan.planner, model=plan.model, cluster=plan.cluster,
+                  feasible=feasible,
+                  infeasible_reason=None if feasible else f"memory exceeded on {', '.join(sorted(over))}",
+                  latency_s=clock, throughput=shape.batch / clock if clock else None, per_device=per_device,
+                  timeline=timeline, metrics={"stages": stages_out, "tiles": tiles, "phase": shape.phase,
+                                              "seq": shape.seq, "context": shape.context,
+                                              "energy": "modelled"})
