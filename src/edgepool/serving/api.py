@@ -1,0 +1,219 @@
+"""OpenAI-compatible `/v1/completions` (with server-sent-event streaming) over the real engine.
+
+One background thread runs the engine loop (continuous batching); HTTP handlers submit requests and read
+tokens from per-request asyncio queues. Admission is checked in the handler, so a request that can never
+fit gets 400 and a full queue gets 503 with Retry-After, before any streaming starts; once admitted, a
+request either finishes or ends with an explicit error event.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepool.serving.engine import Engine
+from edgepool.serving.request import Request, RequestState
+from edgepool.serving.scheduler import RequestRejected
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's completion request the engine honours; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | list[int] = Field(description="text, or token ids")
+    model: str | None = None
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    stream: bool = False
+    seed: int | None = None
+    user: str | None = None
+
+
+@dataclass
+class _Event:
+    kind: str            # "token" | "done" | "error"
+    value: object = None
+
+
+class EngineRunner:
+    """Owns the engine and its loop thread; hands tokens to asyncio queues."""
+
+    def __init__(self, engine: Engine, idle_sleep_s: float = 0.01):
+        self.engine, self.idle_sleep_s = engine, idle_sleep_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edgepool-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, prompt: str | list[int], max_tokens: int, temperature: float, seed: int | None
+               ) -> tuple[Request, asyncio.Queue]:
+        """Admit a request (raises RequestRejected) and return the queue its events arrive on."""
+        request = self.engine.make_request(f"cmpl-{next(self._ids)}-{uuid.uuid4().hex[:8]}", prompt, max_tokens,
+                                           temperature=temperature, seed=seed,
+                                           arrival_time=time.monotonic() - self._t0)
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            self.engine.add(request)
+            self._listeners[request.request_id] = (asyncio.get_running_loop(), queue)
+        self._wake.set()
+        return request, queue
+
+    def cancel(self, request: Request) -> None:
+        with self._lock:
+            if not request.is_done:
+                self.engine.scheduler.abort(request, "cancelled: client went away")
+            self._listeners.pop(request.request_id, None)
+
+    def _emit(self, request_id: str, event: _Event) -> None:
+        listener = self._listeners.get(request_id)
+        if listener is not None:
+            loop, queue = listener
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                busy = self.engine.has_work()
+                if busy:
+                    try:
+                        plan, tokens, finished, _ = self.engine.step(time.monotonic() - self._t0)
+                    except Exception as error:   # the engine failed the batch explicitly; tell the clients
+                        for request_id in list(self._listeners):
+                            self._emit(request_id, _Event("error", f"engine error: {error!r}"))
+                        self._listeners.clear()
+                        for request in self.engine.scheduler.live_requests():
+                            self.engine.scheduler.abort(request, f"engine error: {error!r}")
+                        continue
+                    for request in plan.batch:
+                        self._emit(request.request_id, _Event("token", tokens[request.request_id]))
+                    for request in finished:
+                        self._emit(request.request_id, _Event("done", request))
+                        self._listeners.pop(request.request_id, None)
+            if not busy:
+                self._wake.wait(self.idle_sleep_s)
+                self._wake.clear()
+
+
+def _finish_reason(request: Request) -> str:
+    return "stop" if request.output_tokens and request.output_tokens[-1] == request.eos_token_id else "length"
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error": {"message": message, "type": kind, "code": status}})
+
+
+def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
+    name = model_name or engine.config.model
+    runner = EngineRunner(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        runner.start()
+        yield
+        runner.stop()
+
+    app = FastAPI(title="edgepool serving", version="0.1", lifespan=lifespan)
+    app.state.runner = runner
+
+    @app.get("/health")
+    async def health() -> dict:
+        sched = engine.scheduler
+        return {"status": "ok", "policy": engine.policy.name, "running": len(sched.running),
+                "waiting": len(sched.waiting), "swapped": len(sched.swapped),
+                "kv_blocks_used": engine.blocks.num_used, "kv_blocks_total": engine.blocks.num_blocks}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "edgepool"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        if body.model is not None and body.model != name:
+            return _error(404, f"model = {body.model!r} is not served here; accepted: {name}", "model_not_found")
+        if isinstance(body.prompt, str) and not body.prompt:
+            return _error(400, "prompt is empty; accepted: a non-empty string or list of token ids",
+                          "invalid_request_error")
+        if isinstance(body.prompt, list) and not body.prompt:
+            return _error(400, "prompt is an empty list; accepted: a non-empty list of token ids",
+                          "invalid_request_error")
+        runner.start()
+        try:
+            request, queue = runner.submit(body.prompt, body.max_tokens, body.temperature, body.seed)
+        except RequestRejected as rejected:
+            headers = {"Retry-After": "1"} if rejected.status == 503 else None
+            kind = "server_overloaded" if rejected.status == 503 else "invalid_request_error"
+            return _error(rejected.status, rejected.message, kind, headers)
+        created = int(time.time())
+
+        def chunk(text: str, finish: str | None) -> str:
+            payload = {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
+                       "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            return f"data: {json.dumps(payload)}\n\n"
+
+        if body.stream:
+            async def events():
+                sent, finished = "", False
+                try:
+                    while True:
+                        event = await queue.get()
+                        if event.kind == "token":
+                            text = engine.tokenizer.decode(request.output_tokens)
+                            if not text.endswith("\ufffd") and len(text) > len(sent):
+                                yield chunk(text[len(sent):], None)
+                                sent = text
+                        elif event.kind == "done":
+                            finished = True
+                            text = engine.tokenizer.decode(request.output_tokens)
+                            yield chunk(text[len(sent):], _finish_reason(request))
+                            yield "data: [DONE]\n\n"
+                            return
+                        else:
+                            finished = True
+                            yield f"data: {json.dumps({'error': {'message': event.value, 'type': 'engine_error'}})}\n\n"
+                            return
+                finally:
+                    if not finished:
+                        runner.cancel(request)
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        while True:
+            event = await queue.get()
+            if event.kind == "done":
+                break
+            if event.kind == "error":
+                raise HTTPException(status_code=500, detail=str(event.value))
+        if request.state is not RequestState.FINISHED:
+            raise HTTPException(status_code=500, detail=request.error or "request did not finish")
+        return {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
+                "choices": [{"text": engine.tokenizer.decode(request.output_tokens), "index": 0, "logprobs": None,
+                             "finish_reason": _finish_reason(request)}],
+                "usage": {"prompt_tokens": request.prompt_len, "completion_tokens": request.num_generated,
+                          "total_tokens": request.prompt_len + request.num_generated}}
+
+    return app

@@ -1,0 +1,338 @@
+"""The real engine: a `transformers` Llama on the CPU with a paged KV cache, driven by the shared scheduler.
+
+Why not transformers' own continuous batching (`transformers.generation.continuous_batching`, v5.23)? Its
+`PagedAttentionCache` and schedulers allocate blocks on demand only, and its `OffloadingManager` decides
+by itself between CPU offload and re-prefill (offload when the pinned pool has room, else "soft reset"),
+evicting the newest requests; there is no hook to book KV cache ahead from predicted lengths or to pick a
+victim and its preemption mode by cost. So the scheduling is ours, and so is the attention over blocks:
+a function registered with transformers' `AttentionInterface` receives each layer's rotated Q/K/V from the
+stock `LlamaForCausalLM` forward, writes K/V into the block pool through the block tables and attends over
+the gathered blocks. Everything else (embeddings, RoPE, MLPs, norms, LM head) is transformers' code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+
+from edgepool.errors import SpecError
+from edgepool.serving.block_manager import BlockManager
+from edgepool.serving.metrics import summarize
+from edgepool.serving.request import Request, RequestState
+from edgepool.serving.scheduler import LengthEstimator, Policy, RequestRejected, Scheduler, StepPlan, make_policy
+from edgepool.serving.traces import TraceRequest
+
+ATTENTION_NAME = "edgepool_paged"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 3..258), so the engine needs no downloaded vocabulary."""
+
+    pad_id, bos_id, eos_id, offset = 0, 1, 2, 3
+    vocab_size = 259
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_id] + [b + self.offset for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - self.offset for i in ids if i >= self.offset).decode("utf-8", errors="replace")
+
+
+# Small Llama configurations (random weights: the engine serves them for timing and correctness, not prose).
+MODEL_CONFIGS: dict[str, dict] = {
+    "llama-tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2),
+    "llama-small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=4),
+    "llama-base": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                       num_key_value_heads=4),
+}
+
+
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+                max_positions: int = 4096) -> LlamaForCausalLM:
+    if name not in MODEL_CONFIGS:
+        raise SpecError(field="model", value=name, accepted=", ".join(MODEL_CONFIGS))
+    config = LlamaConfig(vocab_size=ByteTokenizer.vocab_size, max_position_embeddings=max_positions,
+                         bos_token_id=ByteTokenizer.bos_id, eos_token_id=ByteTokenizer.eos_id,
+                         pad_token_id=ByteTokenizer.pad_id, **MODEL_CONFIGS[name])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    model.set_attn_implementation(ATTENTION_NAME)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paged attention
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class PagedBatch:
+    """Where this step's tokens go in the block pool, and what each request attends to."""
+
+    cache: "PagedKVCache"
+    slots: torch.Tensor                  # (tokens,) flat slot of each new token
+    segments: list[tuple[int, int, int, torch.Tensor]]   # (start, length, first position, slots of 0..end)
+
+
+class PagedKVCache:
+    """Per layer, K and V for `num_blocks * block_size` token slots, plus a bounded host pool."""
+
+    def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int, num_host_blocks: int,
+                 dtype: torch.dtype):
+        heads = config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (num_blocks * block_size, heads, head_dim)
+        host_shape = (max(num_host_blocks, 1) * block_size, heads, head_dim)
+        self.block_size = block_size
+        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.host_k = [torch.zeros(host_shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.host_v = [torch.zeros(host_shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.bytes_per_block = 2 * config.num_hidden_layers * block_size * heads * head_dim * self.k[0].element_size()
+
+    def _copy(self, pairs: list[tuple[int, int]], src: list[torch.Tensor], dst: list[torch.Tensor]) -> None:
+        if not pairs:
+            return
+        bs = self.block_size
+        src_idx = torch.tensor([s * bs + o for s, _ in pairs for o in range(bs)])
+        dst_idx = torch.tensor([d * bs + o for _, d in pairs for o in range(bs)])
+        for s_layer, d_layer in zip(src, dst):
+            d_layer.index_copy_(0, dst_idx, s_layer.index_select(0, src_idx))
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        self._copy(pairs, self.k, self.host_k)
+        self._copy(pairs, self.v, self.host_v)
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        self._copy(pairs, self.host_k, self.k)
+        self._copy(pairs, self.host_v, self.v)
+
+
+def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, paged=None, **kwargs):
+    """Attention for a packed batch (batch dim 1): store this step's K/V in blocks, attend over blocks."""
+    if paged is None:
+        raise RuntimeError(f"attn_implementation={ATTENTION_NAME!r} needs the `paged=PagedBatch` argument")
+    layer = module.layer_idx
+    k_pool, v_pool = paged.cache.k[layer], paged.cache.v[layer]
+    k_pool.index_copy_(0, paged.slots, key[0].transpose(0, 1).to(k_pool.dtype))
+    v_pool.index_copy_(0, paged.slots, value[0].transpose(0, 1).to(v_pool.dtype))
+    outputs = []
+    for start, length, first_pos, kv_slots in paged.segments:
+        q = query[:, :, start:start + length]
+        k = k_pool.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
+        v = v_pool.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
+        if length == 1:
+            mask = None
+        else:
+            positions = torch.arange(first_pos, first_pos + length).unsqueeze(1)
+            mask = torch.arange(kv_slots.numel()).unsqueeze(0) <= positions
+        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executor and engine
+# ---------------------------------------------------------------------------------------------------
+class MeasuredStepCost:
+    """Step and copy times of this engine (linear in computed tokens and in blocks), calibrated on start-up."""
+
+    def __init__(self, per_step_s: float, per_token_s: float, per_block_copy_s: float):
+        self.per_step_s, self.per_token_s, self.per_block_copy_s = per_step_s, per_token_s, per_block_copy_s
+
+    def step_time(self, compute_tokens: int, num_requests: int, context_tokens: int) -> float:
+        return self.per_step_s + self.per_token_s * compute_tokens
+
+    def copy_time(self, num_blocks: int) -> float:
+        return self.per_block_copy_s * num_blocks
+
+
+class ModelExecutor:
+    """Runs a `StepPlan`: block copies for swaps, then one forward pass over every scheduled request."""
+
+    def __init__(self, model: LlamaForCausalLM, blocks: BlockManager, dtype: torch.dtype = torch.float32):
+        self.model, self.blocks = model, blocks
+        self.cache = PagedKVCache(model.config, blocks.num_blocks, blocks.block_size, blocks.num_host_blocks, dtype)
+
+    def _slots(self, request_id: str, start: int, end: int) -> list[int]:
+        table, bs = self.blocks.table(request_id), self.blocks.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> dict[str, int]:
+        self.cache.swap_out(plan.swap_out)
+        self.cache.swap_in(plan.swap_in)
+        if not plan.batch:
+            return {}
+        ids, positions, slots, segments, last = [], [], [], [], []
+        for request in plan.batch:
+            start, end = request.num_computed, request.total_tokens
+            ids.extend(request.input_ids_to_compute())
+            positions.extend(range(start, end))
+            slots.extend(self._slots(request.request_id, start, end))
+            segments.append((len(ids) - (end - start), end - start, start,
+                             torch.tensor(self._slots(request.request_id, 0, end))))
+            last.append(len(ids) - 1)
+        batch = PagedBatch(self.cache, torch.tensor(slots), segments)
+        hidden = self.model.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]),
+                                  paged=batch, use_cache=False).last_hidden_state
+        logits = self.model.lm_head(hidden[0, last]).float()
+        return {r.request_id: self._sample(r, logits[i]) for i, r in enumerate(plan.batch)}
+
+    @staticmethod
+    def _sample(request: Request, logits: torch.Tensor) -> int:
+        if request.temperature <= 0:
+            return int(logits.argmax())
+        # Seeded per (request, position): a preempted request resamples the same tokens.
+        generator = torch.Generator().manual_seed((request.seed or 0) * 1_000_003 + request.num_generated)
+        probs = torch.softmax(logits / request.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@dataclass
+class EngineConfig:
+    model: str = "llama-small"
+    policy: str = "vllm"
+    num_blocks: int = 64
+    block_size: int = 8
+    num_host_blocks: int = 64
+    max_batch_requests: int = 32
+    max_batch_tokens: int = 1024
+    max_waiting: int | None = 256
+    seed: int = 0
+    dtype: str = "float32"
+    policy_options: dict | None = None
+
+
+class Engine:
+    """Continuous batching over the paged cache. `step()` is one scheduler decision plus one forward."""
+
+    def __init__(self, config: EngineConfig | None = None, predictor: LengthEstimator | None = None,
+                 model: LlamaForCausalLM | None = None, policy: Policy | None = None):
+        self.config = config = config or EngineConfig()
+        if config.dtype not in ("float32", "float64", "bfloat16"):
+            raise SpecError(field="dtype", value=config.dtype, accepted="float32, float64, bfloat16")
+        dtype = getattr(torch, config.dtype)
+        self.tokenizer = ByteTokenizer()
+        self.model = model or build_model(config.model, seed=config.seed, dtype=dtype)
+        self.blocks = BlockManager(config.num_blocks, config.block_size, config.num_host_blocks)
+        self.executor = ModelExecutor(self.model, self.blocks, dtype)
+        self.policy = policy or make_policy(config.policy, **(config.policy_options or {}))
+        self.cost = self._calibrate()
+        self.scheduler = Scheduler(self.policy, self.blocks, max_batch_requests=config.max_batch_requests,
+                                   max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
+                                   cost=self.cost, predictor=predictor if self.policy.uses_predictor else None)
+
+    def _calibrate(self) -> MeasuredStepCost:
+        """Time a 1-token and a 64-token step and a block copy, on scratch blocks given back afterwards."""
+        bs = self.blocks.block_size
+        tokens = min(64, (self.blocks.num_blocks - 1) * bs)
+        probe = Request("calibration", prompt_len=tokens, max_new_tokens=1, prompt_tokens=[3] * tokens)
+        self.blocks.allocate(probe.request_id, self.blocks.blocks_for(tokens))
+        timings = {}
+        for n in (1, tokens):
+            probe.prompt_len, probe.prompt_tokens, probe.num_computed = n, [3] * n, 0
+            self.executor.execute(StepPlan(batch=[probe]))          # warm-up
+            start = time.perf_counter()
+            self.executor.execute(StepPlan(batch=[probe]))
+            timings[n] = time.perf_counter() - start
+        table = self.blocks.table(probe.request_id)
+        pairs = list(zip(table, range(min(len(table), self.blocks.num_host_blocks))))
+        start = time.perf_counter()
+        self.executor.cache.swap_out(pairs)
+        per_block = (time.perf_counter() - start) / max(len(pairs), 1)
+        self.blocks.free(probe.request_id)
+        per_token = max(timings[tokens] - timings[1], 0.0) / max(tokens - 1, 1)
+        return MeasuredStepCost(timings[1], per_token, per_block)
+
+    # --- requests --------------------------------------------------------------------------------
+    def make_request(self, request_id: str, prompt: str | list[int], max_new_tokens: int, *,
+                     temperature: float = 0.0, seed: int | None = None, stop_at_eos: bool = True,
+                     arrival_time: float = 0.0) -> Request:
+        tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return Request(request_id=request_id, prompt_len=len(tokens), max_new_tokens=max_new_tokens,
+                       arrival_time=arrival_time, prompt_tokens=tokens,
+                       prompt_text=prompt if isinstance(prompt, str) else "",
+                       eos_token_id=self.tokenizer.eos_id if stop_at_eos else None,
+                       temperature=temperature, seed=seed)
+
+    def add(self, request: Request) -> None:
+        """Queue a request; raises RequestRejected (400 never fits, 503 queue full)."""
+        if request.prompt_tokens and max(request.prompt_tokens) >= self.model.config.vocab_size:
+            raise RequestRejected(400, f"{request.request_id}: token id {max(request.prompt_tokens)} is outside "
+                                       f"the vocabulary (0..{self.model.config.vocab_size - 1})")
+        self.scheduler.add(request)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self, now: float = 0.0) -> tuple[StepPlan, dict[str, int], list[Request], float]:
+        """One step: returns the plan, the new token per request, the finished requests and its CPU time."""
+        plan = self.scheduler.schedule(now)
+        start = time.process_time()
+        try:
+            tokens = self.executor.execute(plan)
+        except Exception as error:            # never lose a request silently: fail the batch explicitly
+            for request in list(plan.batch):
+                self.scheduler.abort(request, f"engine error: {error!r}")
+            raise
+        duration = time.process_time() - start
+        finished = self.scheduler.complete(plan, tokens, now + duration)
+        return plan, tokens, finished, duration
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy generation for a list of token-id prompts (all admitted at once); for tests and examples."""
+        requests = [self.make_request(f"g{i}", p, max_new_tokens, stop_at_eos=False) for i, p in enumerate(prompts)]
+        for request in requests:
+            self.add(request)
+        while self.has_work():
+            self.step()
+        return [r.output_tokens for r in requests]
+
+    def run_trace(self, trace: list[TraceRequest], prefix: str = "t") -> dict:
+        """Replay a trace on a clock made of measured step CPU times (see docs: robust to a shared machine)."""
+        requests = []
+        for i, t in enumerate(trace):
+            tokens = self.tokenizer.encode(t.prompt)[:t.prompt_len]
+            tokens += [self.tokenizer.offset + 32] * (t.prompt_len - len(tokens))
+            requests.append(Request(request_id=f"{prefix}{i}", prompt_len=t.prompt_len,
+                                    max_new_tokens=t.max_new_tokens, stop_after=t.response_len,
+                                    arrival_time=t.arrival_s, prompt_tokens=tokens, prompt_text=t.prompt))
+        if self.policy.uses_predictor and self.scheduler.predictor is not None:
+            self.scheduler.predictor.predict(requests)
+        admitted, refused = [], 0
+        clock, i = 0.0, 0
+        wall = time.perf_counter()
+        while i < len(requests) or self.has_work():
+            while i < len(requests) and requests[i].arrival_time <= clock:
+                try:
+                    self.add(requests[i])
+                    admitted.append(requests[i])
+                except RequestRejected as rejected:
+                    requests[i].state, requests[i].error = RequestState.FAILED, rejected.message
+                    refused += 1
+                i += 1
+            if not self.has_work():
+                if i >= len(requests):
+                    break
+                clock = requests[i].arrival_time
+                continue
+            plan, _, _, duration = self.step(clock)
+            if not plan.batch and not plan.swap_out and i >= len(requests):
+                for stuck in self.scheduler.live_requests():
+                    self.scheduler.abort(stuck, "could not be scheduled: KV cache too small")
+                break
+            clock += duration
+            if not plan.batch and i < len(requests):
+                clock = max(clock, requests[i].arrival_time)
+        result = summarize(admitted, refused, self.scheduler.stats.as_dict(),
+                           clock - (requests[0].arrival_time if requests else 0.0))
+        result.update(self.policy.describe())
+        result["wall_s"] = time.perf_counter() - wall
+        result["source"] = "measured"
+        return result
