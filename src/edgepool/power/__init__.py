@@ -1,0 +1,1 @@
+"""Power modes: Jetson mode spaces, power model, Pagoda rooflines, PowerTrain predictors, Fulcrum."""
