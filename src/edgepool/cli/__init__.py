@@ -12,9 +12,9 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import bench, core, finetune, inference, power, runtime, serving, training  # noqa: E402
+from . import bench, core, elastic, finetune, inference, power, runtime, serving, training  # noqa: E402
 
-for _area in (core, training, runtime, inference, finetune, serving, power, bench):
+for _area in (core, training, runtime, elastic, inference, finetune, serving, power, bench):
     _area.register(app)
 
 

@@ -1,0 +1,155 @@
+"""Elastic training commands: `edgepool train-elastic` (real processes, --fail / --join) and
+`edgepool simulate-failure` (throughput over time across a failure, simulated)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-elastic")
+    def train_elastic(
+        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example (home, jetson-lab, site64)."),
+        model: str = typer.Option(..., help="A zoo model name."),
+        planner: str = typer.Option("gpipe", help="Training planner used at the start and for every re-plan."),
+        steps: int = typer.Option(10, min=1, help="Training iterations."),
+        batch: int = typer.Option(8, min=1, help="Samples per iteration."),
+        seq: int = typer.Option(None, min=1, help="Sequence length for language models."),
+        override: list[str] = typer.Option(None, "--override", help="Model config KEY=VALUE (repeatable)."),
+        fail: list[str] = typer.Option(None, "--fail", help="DEVICE@STEP: kill -9 that device's worker half-way "
+                                                            "through iteration STEP (repeatable)."),
+        join: list[str] = typer.Option(None, "--join", help="DEVICE@STEP: a device of the cluster joins at STEP."),
+        mode: str = typer.Option("replay", help="replay (pipeline replay from in-memory replicas) or checkpoint "
+                                                "(restart everyone from the last checkpoint)."),
+        checkpoint_every: int = typer.Option(5, min=1, help="K: checkpoint interval in checkpoint mode."),
+        heartbeat_timeout: float = typer.Option(3.0, help="Seconds without a heartbeat before a device is dead."),
+        lr: float = typer.Option(0.01, help="Learning rate (SGD)."),
+        output: Path = typer.Option(None, "-o", "--output", help="Folder for the run (logs, result.json)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Train for real on local processes while devices fail and join; report recovery times."""
+        from edgepool.cli.runtime import _overrides
+        from edgepool.cluster import load_cluster
+        from edgepool.elastic.recovery import ElasticRun, default_replan, parse_failure, parse_join
+        from edgepool.errors import SpecError
+        from edgepool.runtime.data import ModelSpec
+
+        spec = load_cluster(cluster)
+        model_spec = ModelSpec(name=model, overrides=_overrides(override))
+        failures = [parse_failure(f) for f in fail or []]
+        joins = [parse_join(j) for j in join or []]
+        for j in joins:
+            if j.device not in spec.devices:
+                raise SpecError(field="--join", value=j.device, accepted=", ".join(spec.devices))
+        replan = default_replan(planner, model_spec, spec, batch, seq)
+        start = [d for d in spec.devices if d not in {j.device for j in joins}]
+        plan = replan(start)
+        outcome = ElasticRun(plan, model_spec, steps, replan, mode=mode, batch=batch, seq=seq, lr=lr,
+                             failures=failures, joins=joins, checkpoint_every=checkpoint_every,
+                             heartbeat_timeout_s=heartbeat_timeout, out_dir=output,
+                             pace_s=0.2 if joins else 0.0).run()
+        result = {"source": "measured", "mode": mode, "plans": [p.devices for p in outcome.plans],
+                  "recoveries": outcome.recovery_times(), "samples": outcome.samples,
+                  "events": [{k: v for k, v in e.items() if k != "after"} for e in outcome.events],
+                  "where": "local processes on this host, gloo over loopback", "run_dir": str(outcome.out_dir)}
+        path = outcome.out_dir / "result.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        out = Console()
+        out.print(f"plans: {' -> '.join('+'.join(p) for p in result['plans'])}")
+        for r in result["recoveries"]:
+            out.print(f"{r['device']} killed in iteration {r['step']}: interrupted iteration done again after "
+                      f"{r['time_to_interrupted_iteration_s']:.2f} s ({mode})")
+        out.print(f"samples lost {outcome.samples['samples_lost']}, double-counted "
+                  f"{outcome.samples['samples_double_counted']}; run folder {outcome.out_dir}")
+
+    @app.command("simulate-failure")
+    def simulate_failure(
+        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example."),
+        model: str = typer.Option(..., help="A zoo model name."),
+        batch: int = typer.Option(32, min=1, help="Samples per iteration."),
+        planner: str = typer.Option("hybrid", help="Training planner (also used to re-plan)."),
+        fail: list[str] = typer.Option(None, "--fail", help="DEVICE@SECONDS (repeatable)."),
+        join: list[str] = typer.Option(None, "--join", help="DEVICE@SECONDS (repeatable)."),
+        duration: float = typer.Option(120.0, help="Simulated seconds."),
+        detection: float = typer.Option(1.0, help="Failure detection time (heartbeat timeout), seconds."),
+        restart: float = typer.Option(10.0, help="Checkpoint baseline: seconds to restart every worker."),
+        checkpoint_every: int = typer.Option(10, min=1, help="Checkpoint baseline: K iterations."),
+        plot: Path = typer.Option(None, "--plot", help="Write throughput over time (PNG)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Simulated throughput over time across failures/joins: pipeline replay vs checkpoint restart."""
+        from edgepool.cluster import load_cluster
+        from edgepool.costmodel import CostModel
+        from edgepool.elastic.sim_events import simulate_with_events
+        from edgepool.errors import SpecError
+        from edgepool.models import build_model
+        from edgepool.planners import get_planner
+        from edgepool.profile import profile_model
+        from edgepool.simulator import DeviceFailure, DeviceJoin
+
+        spec = load_cluster(cluster)
+        profile = profile_model(build_model(model, meta=True), batch=1)
+        cm = CostModel(optimizer="sgd")
+        events = []
+        for text, cls in [(f, DeviceFailure) for f in fail or []] + [(j, DeviceJoin) for j in join or []]:
+            name, _, at = text.partition("@")
+            try:
+                seconds = float(at)
+            except ValueError:
+                raise SpecError(field="--fail/--join", value=text, accepted="DEVICE@SECONDS, e.g. jetson@30") from None
+            if name not in spec.devices:
+                raise SpecError(field="--fail/--join", value=name, accepted=", ".join(spec.devices))
+            events.append(cls(name, seconds))
+        joining = {e.device for e in events if isinstance(e, DeviceJoin)}
+
+        def replan(ds):
+            return get_planner(planner).plan(profile, spec, cm, batch, constraints={"devices": list(ds)})
+        plan = replan([d for d in spec.devices if d not in joining])
+        timelines = {m: simulate_with_events(plan, spec, cm, profile, events, replan, duration, mode=m,
+                                             detection_s=detection, restart_s=restart,
+                                             checkpoint_every=checkpoint_every)
+                     for m in ("replay", "checkpoint")}
+        result = {"source": "simulated", "cluster": spec.name, "model": model,
+                  **{m: t.to_dict() for m, t in timelines.items()}}
+        if plot is not None:
+            _plot(timelines, plot, f"{model} on {spec.name} (simulated)")
+            result["plot"] = str(plot)
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        out = Console()
+        for m, t in timelines.items():
+            for r in t.recoveries:
+                if "regained_s" in r:
+                    out.print(f"{m}: {r['device']} fails at {r['at_s']:.0f} s; back where it was after "
+                              f"{r['regained_s']:.2f} s (simulated)")
+            out.print(f"{m}: {len(t.iterations)} iterations in {duration:.0f} s (simulated)")
+
+
+def _plot(timelines, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for mode, tl in timelines.items():
+        span = max(tl.iterations[-1][1] / 60, 0.5) if tl.iterations else 1.0
+        series = tl.throughput_series(span)
+        ax.step([s for s, _ in series], [v for _, v in series], where="post", label=mode)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("samples/s")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,467 @@
+"""The elastic supervisor: membership, failure detection, re-planning and the recovery decision.
+
+`ElasticRun` starts one worker process per device (`edgepool.elastic.worker`), hosts the TCPStore (it outlives
+every worker, so it is the one place that can tell survivors a peer is gone), and watches: a worker whose
+process exits with an error, or whose heartbeat is older than `heartbeat_timeout_s` (it is then fenced with
+SIGKILL, so a hung or unreachable device cannot come back half-way), is dead. Then, in `replay` mode, it
+
+1. sets `abort/<g>` so that every survivor leaves its process group (no wait hangs: they poll that key),
+2. collects the survivors' reports and decides how many iterations committed (an iteration commits when every
+   rank entered its commit collective; survivors report the last one they saw pass),
+3. re-plans on the survivors with the training planner (`replan(devices) -> Plan`),
+4. names, for every model block, who holds its state now (a survivor that served it, or the ring successor
+   that holds the dead device's replica) and which blocks move where for the new plan,
+5. publishes generation g+1; the workers replay the interrupted iteration on the new plan.
+
+A join is the same without a death: the new device announces itself (`join/<device>` in the store), the
+supervisor sets `join_pending/<g>`, rank 0 carries that flag through the next commit, and every worker leaves
+at that iteration boundary; generation g+1 includes the new device and hands it its share.
+
+We do not use `torchrun`'s elastic agent here: on any membership change it restarts every worker process,
+which throws away the in-memory state that pipeline replay keeps; that is the checkpoint-restart baseline
+(`mode="checkpoint"`, which this supervisor also runs: kill everyone, re-plan, restart from the last
+checkpoint). Its building block, the c10d TCPStore, is what membership and heartbeats go through.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from edgepool.elastic.checkpoint import latest_checkpoint
+from edgepool.elastic.heartbeat import stale_devices
+from edgepool.errors import SpecError
+from edgepool.plan import Plan
+from edgepool.runtime.data import ModelSpec
+from edgepool.runtime.layout import Layout
+
+MODES = ("replay", "checkpoint")
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    """Kill `device` (SIGKILL) `fraction` of an iteration into iteration `step` (0-based)."""
+    device: str
+    step: int
+    fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """Start `device` once iteration `step` has started; it joins at the next iteration boundary."""
+    device: str
+    step: int
+
+
+def parse_failure(text: str) -> FailureSpec:
+    match = re.fullmatch(r"([^@\s]+)@(\d+)", text.strip())
+    if not match:
+        raise SpecError(field="--fail", value=text, accepted="DEVICE@STEP, e.g. laptop@3 (kill -9 of that device's "
+                                                               "worker during iteration 3)")
+    return FailureSpec(match.group(1), int(match.group(2)))
+
+
+def parse_join(text: str) -> JoinSpec:
+    match = re.fullmatch(r"([^@\s]+)@(\d+)", text.strip())
+    if not match:
+        raise SpecError(field="--join", value=text, accepted="DEVICE@STEP, e.g. rpi5@2")
+    return JoinSpec(match.group(1), int(match.group(2)))
+
+
+@dataclass
+class ElasticOutcome:
+    mode: str
+    out_dir: Path
+    plans: list[Plan]
+    events: list[dict]  # failures, joins, recoveries with wall-clock times
+    completions: dict[int, float]  # step -> wall-clock time its last (surviving) iteration completed
+    results: dict[str, dict]
+    state: dict[str, torch.Tensor]  # final weights, full-model keys
+    samples: dict[str, int]
+    t_start: float
+
+    def recovery_times(self) -> list[dict]:
+        """Per failure: seconds until the interrupted iteration (and the first iteration) completed again."""
+        out = []
+        for ev in self.events:
+            if ev["kind"] != "failure":
+                continue
+            step, t = ev["step"], ev["time"]
+            regained = self.completions.get(step)
+            first = min((c for c in self.restarted_completions(ev) if c > t), default=None)
+            out.append({"device": ev["device"], "step": step,
+                        "time_to_interrupted_iteration_s": None if regained is None else regained - t,
+                        "time_to_first_iteration_s": None if first is None else first - t})
+        return out
+
+    def restarted_completions(self, ev: dict) -> list[float]:
+        return [c["time"] for c in ev.get("after", [])]
+
+
+def default_replan(planner: str, model: ModelSpec, cluster, batch: int, seq: int | None = None,
+                   cost_model=None) -> Callable[[list[str]], Plan]:
+    """`replan(devices)`: the training planner on the given devices of `cluster`."""
+    from edgepool.costmodel import CostModel
+    from edgepool.planners import get_planner
+    from edgepool.profile import profile_model
+    from edgepool.runtime.data import build_bundle
+
+    profile = profile_model(build_bundle(model), batch=1, seq=seq)
+    cm = cost_model or CostModel(optimizer="sgd")
+
+    def replan(devices: list[str]) -> Plan:
+        plan = get_planner(planner).plan(profile, cluster, cm, batch, constraints={"devices": list(devices)})
+        if not plan.feasible:
+            raise RuntimeError(f"no feasible {planner} plan on {devices}: {plan.infeasible_reason}")
+        return plan
+    return replan
+
+
+def block_sources(old: Plan, alive: list[str], batch: int) -> dict[int, str]:
+    """For every block, a live device holding its state: one that served it, else the dead owner's replica holder."""
+    devices = old.devices
+    layout = Layout(old, batch)
+    out: dict[int, str] = {}
+    for b in range(old.num_layers):
+        owners = [d for d in devices if layout.stage_of(d).layers[0] <= b < layout.stage_of(d).layers[1]]
+        live = [d for d in owners if d in alive]
+        if live:
+            out[b] = live[0]
+            continue
+        holders = [devices[(devices.index(d) + 1) % len(devices)] for d in owners]
+        holders = [h for h in holders if h in alive]
+        if not holders:
+            raise RuntimeError(f"block {b} is lost: its devices {owners} and their replica holders all failed")
+        out[b] = holders[0]
+    return out
+
+
+def block_transfers(old: Plan | None, new: Plan, sources: dict[int, str], batch: int) -> list[list]:
+    """[src, dst, blocks]: what moves so that every device of `new` holds its stage."""
+    old_ranges = {}
+    if old is not None:
+        lay = Layout(old, batch)
+        old_ranges = {d: lay.stage_of(d).layers for d in old.devices}
+    lay = Layout(new, batch)
+    moves: dict[tuple[str, str], list[int]] = {}
+    for d in new.devices:
+        start, end = lay.stage_of(d).layers
+        o0, o1 = old_ranges.get(d, (0, 0))
+        for b in range(start, end):
+            if o0 <= b < o1 or sources[b] == d:
+                continue
+            moves.setdefault((sources[b], d), []).append(b)
+    return [[s, d, blocks] for (s, d), blocks in sorted(moves.items())]
+
+
+class ElasticRun:
+    """Run `plan` for `steps` iterations under elastic supervision, injecting `failures` and `joins`."""
+
+    def __init__(self, plan: Plan, model: ModelSpec, steps: int, replan: Callable[[list[str]], Plan],
+                 mode: str = "replay", batch: int | None = None, seq: int | None = None, data_seed: int = 0,
+                 optimizer: str = "sgd", lr: float = 0.01, out_dir: str | Path | None = None,
+                 failures: list[FailureSpec] = (), joins: list[JoinSpec] = (), checkpoint_every: int = 5,
+                 heartbeat_timeout_s: float = 3.0, collective_timeout_s: float = 60.0, timeout_s: float = 300.0,
+                 env: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
+                 pace_s: float = 0.0):
+        if mode not in MODES:
+            raise SpecError(field="mode", value=mode, accepted=", ".join(MODES))
+        if steps < 1:
+            raise SpecError(field="steps", value=steps, accepted="an integer >= 1")
+        for f in failures:
+            if f.device not in plan.devices:
+                raise SpecError(field="--fail", value=f"{f.device}@{f.step}", accepted=", ".join(plan.devices),
+                                hint="name a device of the plan")
+            if not 0 <= f.step < steps:
+                raise SpecError(field="--fail", value=f"{f.device}@{f.step}", accepted=f"a step in 0..{steps - 1}")
+        if checkpoint_every < 1:
+            raise SpecError(field="checkpoint_every", value=checkpoint_every, accepted="an integer >= 1")
+        self.plan, self.model, self.steps, self.replan, self.mode = plan, model, steps, replan, mode
+        self.batch, self.seq = batch or plan.batch, seq or plan.seq
+        self.data_seed, self.optimizer, self.lr = data_seed, optimizer, lr
+        self.out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"edgepool-elastic-{mode}-"))
+        self.failures, self.joins = list(failures), list(joins)
+        self.checkpoint_every = checkpoint_every
+        self.heartbeat_timeout_s, self.collective_timeout_s, self.timeout_s = (heartbeat_timeout_s,
+                                                                               collective_timeout_s, timeout_s)
+        self.env, self.progress = env or {}, progress
+        self.pace_s = pace_s  # slowest allowed iteration (a sleep), to give demos and tests time to watch
+
+    # ------------------------------------------------------------------ processes
+    def _config(self, device: str, generation: int, joiner: bool = False) -> Path:
+        cfg = {"device": device, "mode": self.mode, "host": "127.0.0.1", "port": self.port,
+               "model": self.model.to_dict(), "steps": self.steps, "batch": self.batch, "seq": self.seq,
+               "data_seed": self.data_seed, "optimizer": self.optimizer, "lr": self.lr, "out_dir": str(self.out),
+               "collective_timeout_s": self.collective_timeout_s, "checkpoint_every": self.checkpoint_every,
+               "checkpoint_dir": str(self.out / "checkpoints"), "generation": generation, "joiner": joiner,
+               "pace_s": self.pace_s}
+        path = self.out / f"config-{device}-g{generation}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    def _spawn(self, device: str, generation: int, joiner: bool = False) -> None:
+        argv = [sys.executable, "-m", "edgepool.elastic.worker", str(self._config(device, generation, joiner))]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        log = open(self.out / "logs" / f"{device}-g{generation}.log", "w")
+        self._logs.append(log)
+        self.procs[device] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+
+    def _kill(self, device: str) -> None:
+        proc = self.procs.get(device)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def _publish(self, generation: int, info: dict) -> None:
+        self.store.set(f"gen/{generation}", json.dumps(info))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> ElasticOutcome:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(exist_ok=True)
+        from edgepool.testbed.launcher import free_port
+
+        self.port = free_port()
+        self.store = dist.TCPStore("127.0.0.1", self.port, is_master=True, wait_for_workers=False,
+                                   timeout=_dt.timedelta(seconds=60))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._logs = []
+        self.events: list[dict] = []
+        self.plans = [self.plan]
+        self.gen_start: dict[int, int] = {0: 0}
+        self.t_start = time.time()
+        try:
+            for d in self.plan.devices:
+                self._spawn(d, 0)
+            self._publish(0, {"plan": self.plan.model_dump(mode="json"), "devices": self.plan.devices,
+                              "committed": 0, "sources": {}, "transfers": []})
+            self._supervise()
+            return self._collect()
+        finally:
+            for d in list(self.procs):
+                self._kill(d)
+            for f in self._logs:
+                f.close()
+
+    def _supervise(self) -> None:
+        g, plan = 0, self.plan
+        members = list(plan.devices)
+        pending_fail = list(self.failures)
+        pending_join = list(self.joins)
+        joined_waiting: list[str] = []
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"elastic run did not finish in {self.timeout_s} s; logs in {self.out / 'logs'}")
+            codes = {d: self.procs[d].poll() for d in members}
+            if all(c == 0 for c in codes.values()):
+                return
+            dead = [d for d, c in codes.items() if c not in (None, 0)]
+            for d in stale_devices(self.store, [d for d in members if d not in dead], self.heartbeat_timeout_s):
+                self._kill(d)  # fence: a device we declared dead must not come back half-way
+                self.events.append({"kind": "fenced", "device": d, "time": time.time()})
+                dead.append(d)
+            errors = [d for d in dead if (self.out / f"error-{d}.txt").exists()]
+            if errors:
+                raise RuntimeError(f"worker {errors[0]} failed with an error:\n"
+                                   + (self.out / f"error-{errors[0]}.txt").read_text())
+            started = self._started()
+            # failure injection: kill -9 part-way into the iteration
+            for f in list(pending_fail):
+                s = started.get(f.device)
+                if s and s[0] == g and s[1] >= f.step:
+                    time.sleep(max(0.0, s[2] + f.fraction * self._iteration_estimate() - time.time()))
+                    t = time.time()
+                    self._kill(f.device)
+                    self.events.append({"kind": "failure", "device": f.device, "step": f.step, "time": t,
+                                        "generation": g})
+                    pending_fail.remove(f)
+                    dead.append(f.device)
+            for j in list(pending_join):  # the new device's process starts at once; it is let in from its step
+                if j.device not in self.procs:
+                    self._spawn(j.device, g + 1, joiner=True)
+                    self.events.append({"kind": "join-start", "device": j.device, "step": j.step, "time": time.time()})
+                if any(s[0] == g and s[1] >= j.step for s in started.values()):
+                    pending_join.remove(j)
+                    joined_waiting.append(j.device)
+            if joined_waiting and not self.store.check([f"join_pending/{g}"]) and \
+                    self.store.check([f"join/{d}" for d in joined_waiting]):
+                self.store.set(f"join_pending/{g}", ",".join(joined_waiting))
+            if dead:
+                dead = sorted(set(dead))
+                self.events.append({"kind": "dead", "devices": dead, "time": time.time(),
+                                    "codes": {d: self.procs[d].poll() for d in dead}})
+                survivors = [d for d in members if d not in dead]
+                if not survivors:
+                    raise RuntimeError("every device failed")
+                g, plan, members = self._recover(g, plan, members, survivors, dead, joined_waiting)
+                joined_waiting = []
+                continue
+            if joined_waiting and self.store.check([f"join_pending/{g}"]) and \
+                    self.store.check([f"report/{g}/{d}" for d in members]):
+                g, plan, members = self._rejoin(g, plan, members, joined_waiting)
+                joined_waiting = []
+                continue
+            if self.progress:
+                self.progress(self._completed_steps(), self.steps)
+            time.sleep(0.005)
+
+    def _started(self) -> dict[str, tuple[int, int, float]]:
+        out = {}
+        for d in list(self.procs):
+            key = f"started/{d}"
+            if self.store.check([key]):
+                g, s, t = self.store.get(key).decode().split(":")
+                out[d] = (int(g), int(s), float(t))
+        return out
+
+    def _iteration_estimate(self) -> float:
+        times = self._completion_times()
+        steps = sorted(times)
+        gaps = [times[b] - times[a] for a, b in zip(steps, steps[1:]) if b == a + 1]
+        return sum(gaps[-3:]) / len(gaps[-3:]) if gaps else 0.2
+
+    def _completion_times(self) -> dict[int, float]:
+        """step -> when its last surviving completion happened (per generation, the max over members)."""
+        out: dict[int, float] = {}
+        for g, plan in enumerate(self.plans):
+            end = self.gen_start.get(g + 1, self.steps) if self.mode == "checkpoint" else self.steps
+            for s in range(self.gen_start.get(g, 0), min(end, self.steps)):
+                keys = [f"tdone/{g}/{s}/{d}" for d in plan.devices]
+                done = [k for k in keys if self.store.check([k])]
+                if not done:
+                    continue
+                t = max(float(self.store.get(k)) for k in done)
+                if len(done) == len(keys) or g < len(self.plans) - 1:
+                    out[s] = t if self.mode == "checkpoint" else max(out.get(s, 0.0), t)
+        return out
+
+    def _completed_steps(self) -> int:
+        g = len(self.plans) - 1
+        plan = self.plans[g]
+        n = self.gen_start.get(g, 0)
+        while n < self.steps and self.store.check([f"tdone/{g}/{n}/{d}" for d in plan.devices]):
+            n += 1
+        return n
+
+    def _next_generation(self, g: int, old: Plan, new: Plan, committed: int, alive: list[str]) -> None:
+        sources = block_sources(old, alive, self.batch)
+        transfers = block_transfers(old, new, sources, self.batch)
+        self._publish(g + 1, {"plan": new.model_dump(mode="json"), "devices": new.devices, "committed": committed,
+                              "sources": {str(b): d for b, d in sources.items()}, "transfers": transfers})
+        self.plans.append(new)
+        self.gen_start[g + 1] = committed
+
+    def _recover(self, g, plan, members, survivors, dead, joiners):
+        t0 = time.time()
+        if self.mode == "checkpoint":
+            for d in members:
+                self._kill(d)
+            steps_done, files = latest_checkpoint(self.out / "checkpoints", plan.devices)
+            new = self.replan(survivors)
+            self.plans.append(new)
+            self.gen_start[g + 1] = steps_done
+            for d in new.devices:
+                self.store.delete_key(f"hb/{d}")  # the old process's last beat must not get the new one fenced
+                self._spawn(d, g + 1)
+            self._publish(g + 1, {"plan": new.model_dump(mode="json"), "devices": new.devices,
+                                  "committed": steps_done, "sources": {}, "transfers": [],
+                                  "checkpoint": {"steps": steps_done, "files": files}})
+            self.events.append({"kind": "restart", "generation": g + 1, "from_step": steps_done,
+                                "time": time.time(), "decide_s": time.time() - t0, "devices": new.devices})
+            return g + 1, new, list(new.devices)
+        self.store.set(f"abort/{g}", ",".join(dead))
+        reports = self._reports(g, survivors)
+        committed = max([r["done"] for r in reports.values()] + [self.gen_start.get(g, 0)])
+        t_plan = time.time()
+        new = self.replan(survivors)
+        plan_s = time.time() - t_plan
+        self._next_generation(g, plan, new, committed, survivors)
+        self.events.append({"kind": "replan", "generation": g + 1, "dead": dead, "committed": committed,
+                            "time": time.time(), "decide_s": time.time() - t0, "plan_s": plan_s,
+                            "devices": new.devices})
+        return g + 1, new, list(new.devices)
+
+    def _rejoin(self, g, plan, members, joiners):
+        t0 = time.time()
+        reports = self._reports(g, members)
+        committed = max(r["done"] for r in reports.values())
+        new = self.replan(members + joiners)
+        self._next_generation(g, plan, new, committed, members)
+        self.events.append({"kind": "join", "generation": g + 1, "devices": new.devices, "joined": joiners,
+                            "committed": committed, "time": time.time(), "decide_s": time.time() - t0})
+        return g + 1, new, list(new.devices)
+
+    def _reports(self, g: int, devices: list[str]) -> dict[str, dict]:
+        keys = [f"report/{g}/{d}" for d in devices]
+        limit = time.monotonic() + self.collective_timeout_s + 5
+        while not self.store.check(keys):
+            dead = [d for d in devices if self.procs[d].poll() not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"devices {dead} failed during recovery of generation {g}")
+            if time.monotonic() > limit:
+                missing = [k for k in keys if not self.store.check([k])]
+                raise TimeoutError(f"no recovery report from {missing}; events {self.events}")
+            time.sleep(0.002)
+        return {d: json.loads(self.store.get(k)) for d, k in zip(devices, keys)}
+
+    # ------------------------------------------------------------------ results
+    def _collect(self) -> ElasticOutcome:
+        final = self.plans[-1]
+        results, state = {}, {}
+        for d in final.devices:
+            results[d] = json.loads((self.out / f"result-{d}.json").read_text())
+            state.update(torch.load(self.out / f"state-{d}.pt"))
+        completions = self._completion_times()
+        for ev in self.events:
+            if ev["kind"] == "failure":
+                g_next = ev["generation"] + 1
+                ev["after"] = [{"step": s, "time": t} for s, t in self._gen_completions(g_next).items()]
+        return ElasticOutcome(self.mode, self.out, self.plans, self.events, completions, results, state,
+                              self._sample_accounting(), self.t_start)
+
+    def _gen_completions(self, g: int) -> dict[int, float]:
+        if g >= len(self.plans):
+            return {}
+        out = {}
+        for s in range(self.gen_start.get(g, 0), self.steps):
+            keys = [f"tdone/{g}/{s}/{d}" for d in self.plans[g].devices]
+            if self.store.check(keys):
+                out[s] = max(float(self.store.get(k)) for k in keys)
+        return out
+
+    def _sample_accounting(self) -> dict[str, int]:
+        """Samples (step, row) whose gradient is in the final weights: lost and double-counted ones.
+
+        In replay mode every recorded contribution was committed, so all count; in checkpoint mode the
+        iterations after the checkpoint a restart went back to were rolled back by design and do not count."""
+        raw = self.store.get("rows").decode() if self.store.check(["rows"]) else ""
+        seen: dict[tuple[int, int], int] = {}
+        for item in filter(None, raw.split(";")):
+            g, step, rows = item.split(":")
+            g, step = int(g), int(step)
+            if self.mode == "checkpoint" and step >= self.gen_start.get(g + 1, self.steps):
+                continue
+            a, b = map(int, rows.split("-"))
+            for r in range(a, b):
+                seen[(step, r)] = seen.get((step, r), 0) + 1
+        expected = self.steps * self.batch
+        unique = len(seen)
+        return {"expected": expected, "used": sum(seen.values()), "samples_lost": expected - unique,
+                "samples_double_counted": sum(c - 1 for c in seen.values())}

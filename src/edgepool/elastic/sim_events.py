@@ -1,0 +1,141 @@
+"""Device failures and joins in the simulator: throughput over time across a failure, pipeline replay vs restart.
+
+`simulate_with_events` composes `edgepool.simulator.simulate` over plan segments. Between events the pool runs
+the current plan at the simulator's iteration time. A `DeviceFailure` at t interrupts the running iteration
+(its partial work is lost); then pipeline replay costs
+
+    detection (heartbeat timeout, or ~0 for a process death noticed by its exit) + re-planning (the planner,
+    timed here) + state transfer (each moved block's weights and optimizer state over the slowest link from
+    its holder to its new device, cost model) + the interrupted iteration again on the new plan,
+
+while checkpoint restart costs detection + `restart_s` (processes, imports, process group) + loading the last
+checkpoint + every iteration since that checkpoint again. A `DeviceJoin` re-plans at the next iteration
+boundary and moves the joiner's blocks. Everything here is simulated (cost model), and labelled so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from edgepool.cluster import Cluster
+from edgepool.costmodel import CostModel
+from edgepool.plan import Plan
+from edgepool.profile import ModelProfile
+from edgepool.simulator import DeviceFailure, DeviceJoin, simulate
+
+
+@dataclass
+class Segment:
+    start_s: float
+    end_s: float
+    kind: str  # "train", "recovery", "restart"
+    devices: list[str]
+    throughput: float = 0.0  # samples/s while training
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class EventTimeline:
+    mode: str
+    segments: list[Segment]
+    iterations: list[tuple[int, float]]  # (step, completion time)
+    batch: int
+    recoveries: list[dict]
+
+    def throughput_series(self, bin_s: float) -> list[tuple[float, float]]:
+        """(bin start, samples/s of iterations completed in that bin)."""
+        if not self.iterations:
+            return []
+        end = self.iterations[-1][1]
+        bins = int(end // bin_s) + 1
+        counts = [0] * bins
+        for _, t in self.iterations:
+            counts[min(int(t // bin_s), bins - 1)] += 1
+        return [(i * bin_s, c * self.batch / bin_s) for i, c in enumerate(counts)]
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "source": "simulated",
+                "segments": [s.__dict__ for s in self.segments], "recoveries": self.recoveries,
+                "iterations": self.iterations}
+
+
+def _state_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostModel) -> float:
+    """Weights plus optimizer state of blocks [start, end) (the cost model's optimizer multiplier)."""
+    weights = sum(layer.param_bytes for layer in profile.layers[start:end])
+    factor = {"sgd": 1.0, "sgd-momentum": 2.0, "adam": 3.0, "adamw": 3.0}.get(getattr(cost_model, "optimizer", "sgd"), 1.0)
+    return weights * factor
+
+
+def _transfer_s(old: Plan, new: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel,
+                alive: list[str]) -> float:
+    from edgepool.elastic.recovery import block_sources, block_transfers
+
+    sources = block_sources(old, alive, old.batch)
+    total = 0.0
+    for src, dst, blocks in block_transfers(old, new, sources, old.batch):
+        nbytes = sum(_state_bytes(profile, b, b + 1, cost_model) for b in blocks)
+        total = max(total, cost_model.transfer_time(nbytes, cluster.link(src, dst)))  # moves run in parallel
+    return total
+
+
+def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
+                         events: Sequence[DeviceFailure | DeviceJoin], replan: Callable[[list[str]], Plan],
+                         duration_s: float, mode: str = "replay", detection_s: float = 1.0,
+                         restart_s: float = 10.0, checkpoint_every: int = 10,
+                         disk_bandwidth: float = 100e6) -> EventTimeline:
+    """Iterations over `duration_s` seconds with the events applied; `mode` "replay" or "checkpoint"."""
+    if mode not in ("replay", "checkpoint"):
+        raise ValueError(f"mode must be replay or checkpoint, got {mode!r}")
+    pending = sorted(events, key=lambda e: e.at_s)
+    t, step, current = 0.0, 0, plan
+    segments: list[Segment] = []
+    iterations: list[tuple[int, float]] = []
+    recoveries: list[dict] = []
+    report = simulate(current, cluster, cost_model, profile)
+    seg_start = 0.0
+    while t < duration_s:
+        it = report.iteration_time_s
+        event = pending[0] if pending else None
+        if event is not None and isinstance(event, DeviceFailure) and event.at_s < t + it:
+            pending.pop(0)
+            segments.append(Segment(seg_start, event.at_s, "train", current.devices, report.throughput))
+            alive = [d for d in current.devices if d != event.device]
+            t0 = time.perf_counter()
+            new = replan(alive)
+            plan_s = time.perf_counter() - t0
+            new_report = simulate(new, cluster, cost_model, profile)
+            if mode == "replay":
+                move_s = _transfer_s(current, new, profile, cluster, cost_model, alive)
+                redo = 1
+                cost = detection_s + plan_s + move_s
+                detail = {"detection_s": detection_s, "plan_s": plan_s, "state_transfer_s": move_s}
+            else:
+                last_ckpt = (step // checkpoint_every) * checkpoint_every
+                load_s = _state_bytes(profile, 0, len(profile), cost_model) / disk_bandwidth
+                redo = step - last_ckpt + 1
+                step = last_ckpt
+                cost = detection_s + plan_s + restart_s + load_s
+                detail = {"detection_s": detection_s, "plan_s": plan_s, "restart_s": restart_s, "load_s": load_s,
+                          "iterations_redone": redo - 1}
+            segments.append(Segment(event.at_s, event.at_s + cost, "recovery", alive, 0.0, detail))
+            t = event.at_s + cost
+            current, report, seg_start = new, new_report, t
+            recoveries.append({"device": event.device, "at_s": event.at_s, "mode": mode,
+                               "regained_s": cost + redo * new_report.iteration_time_s, **detail})
+            continue
+        if event is not None and isinstance(event, DeviceJoin) and event.at_s <= t:
+            pending.pop(0)
+            name = event.device if isinstance(event.device, str) else event.device.name
+            segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
+            new = replan(current.devices + [name])
+            move_s = _transfer_s(current, new, profile, cluster, cost_model, current.devices)
+            t += move_s
+            current, report, seg_start = new, simulate(new, cluster, cost_model, profile), t
+            recoveries.append({"device": name, "at_s": event.at_s, "mode": "join", "state_transfer_s": move_s})
+            continue
+        t += it
+        iterations.append((step, t))
+        step += 1
+    segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
+    return EventTimeline(mode, segments, iterations, plan.batch, recoveries)

@@ -1,0 +1,134 @@
+"""Elastic training: failure parsing, block sources, the simulator's recovery model, and real multi-process
+runs where a worker is killed with SIGKILL mid-iteration or a device joins."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgepool.elastic.recovery import (ElasticRun, FailureSpec, JoinSpec, block_sources, block_transfers,
+                                       parse_failure)
+from edgepool.errors import SpecError
+from edgepool.plan import PipelinePlan, Plan, StagePlan
+from edgepool.runtime import ModelSpec, reference_train
+from edgepool.runtime.layout import split_counts
+
+TESTS = str(Path(__file__).parent)
+TOY = ModelSpec(factory="runtime_toy:tied_mlp", kwargs={"width": 16, "depth": 6}, seed=3)
+LR, BATCH = 0.2, 12
+
+
+def pipeline(devices: list[str], layers: int = 6, batch: int = BATCH, microbatches: int = 3) -> Plan:
+    """Equal contiguous stages, one device each (what the gpipe planner builds), for any device list."""
+    stages, start = [], 0
+    for d, n in zip(devices, split_counts(layers, [1.0] * len(devices))):
+        stages.append(StagePlan(layers=(start, start + n), devices=[d], shares=[1.0]))
+        start += n
+    return Plan(planner="gpipe", model="tied-mlp", cluster="test", num_layers=layers, batch=batch,
+                microbatches=microbatches, pipelines=[PipelinePlan(stages=stages)])
+
+
+def test_parse_failure_accepts_device_at_step_and_names_the_field():
+    assert parse_failure("jetson@3") == FailureSpec("jetson", 3)
+    with pytest.raises(SpecError, match="--fail"):
+        parse_failure("jetson-3")
+
+
+def test_dead_devices_blocks_come_from_its_replica_holder():
+    old = pipeline(["a", "b", "c"])  # a: 0-2, b: 2-4, c: 4-6; b's replica lives on c (ring successor)
+    sources = block_sources(old, ["a", "c"], BATCH)
+    assert sources == {0: "a", 1: "a", 2: "c", 3: "c", 4: "c", 5: "c"}
+    new = pipeline(["a", "c"])  # a: 0-3, c: 3-6
+    assert block_transfers(old, new, sources, BATCH) == [["c", "a", [2]]]
+    with pytest.raises(RuntimeError, match="lost"):
+        block_sources(old, ["a"], BATCH)  # b and its holder c both gone
+
+
+def test_unknown_failure_device_is_rejected():
+    with pytest.raises(SpecError, match="name a device of the plan"):
+        ElasticRun(pipeline(["a", "b"]), TOY, 3, replan=pipeline, failures=[FailureSpec("z", 1)])
+
+
+def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
+    from edgepool.cluster import load_cluster
+    from edgepool.costmodel import CostModel
+    from edgepool.elastic.sim_events import simulate_with_events
+    from edgepool.models import build_model
+    from edgepool.planners import get_planner
+    from edgepool.profile import profile_model
+    from edgepool.simulator import DeviceFailure
+
+    cluster = load_cluster("home")
+    profile = profile_model(build_model("resnet18", meta=True), batch=1)
+    cm = CostModel(optimizer="sgd")
+
+    def replan(ds):
+        return get_planner("gpipe").plan(profile, cluster, cm, 32, constraints={"devices": list(ds)})
+    plan = replan(list(cluster.devices))
+    victim = plan.devices[0]
+    runs = {m: simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(victim, 20.0)], replan, 60.0,
+                                    mode=m, restart_s=10.0) for m in ("replay", "checkpoint")}
+    for tl in runs.values():
+        kinds = [s.kind for s in tl.segments]
+        assert kinds == ["train", "recovery", "train"]
+        assert victim not in tl.segments[-1].devices
+        gap = max(b[1] - a[1] for a, b in zip(tl.iterations, tl.iterations[1:]))
+        assert gap > tl.segments[1].end_s - tl.segments[1].start_s - 1e-9  # no iteration during recovery
+    assert runs["replay"].recoveries[0]["regained_s"] < runs["checkpoint"].recoveries[0]["regained_s"]
+    assert len(runs["replay"].iterations) > len(runs["checkpoint"].iterations)
+
+
+def _assert_same_weights(state: dict[str, torch.Tensor], steps: int) -> None:
+    ref = reference_train(TOY, BATCH, steps, lr=LR)
+    assert set(ref) <= set(state)
+    for k, v in ref.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_iteration_replays_and_matches_failure_free_training(tmp_path):
+    steps = 6
+    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
+                     failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS}, timeout_s=120)
+    out = run.run()
+    assert [p.devices for p in out.plans] == [["a", "b", "c"], ["a", "c"]]
+    failure = next(e for e in out.events if e["kind"] == "failure")
+    assert failure["device"] == "b"
+    _assert_same_weights(out.state, steps)
+    assert out.samples["samples_lost"] == 0 and out.samples["samples_double_counted"] == 0
+    assert out.samples["used"] == steps * BATCH
+    assert out.recovery_times()[0]["time_to_interrupted_iteration_s"] is not None
+
+
+@pytest.mark.slow
+def test_checkpoint_restart_baseline_also_matches(tmp_path):
+    steps = 5
+    out = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, mode="checkpoint", lr=LR,
+                     out_dir=tmp_path, failures=[FailureSpec("c", 3)], checkpoint_every=2,
+                     env={"PYTHONPATH": TESTS}, timeout_s=120).run()
+    assert any(e["kind"] == "restart" and e["from_step"] == 2 for e in out.events)
+    _assert_same_weights(out.state, steps)
+    assert out.samples["samples_lost"] == 0 and out.samples["samples_double_counted"] == 0
+
+
+@pytest.mark.slow
+def test_a_joining_device_gets_work(tmp_path):
+    steps = 14
+    out = ElasticRun(pipeline(["a", "b"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
+                     joins=[JoinSpec("d", 1)], env={"PYTHONPATH": TESTS}, timeout_s=120, pace_s=0.3).run()
+    assert [p.devices for p in out.plans] == [["a", "b"], ["a", "b", "d"]]
+    assert out.results["d"]["iterations"], "the joined device ran no iteration"
+    assert out.samples["samples_lost"] == 0 and out.samples["samples_double_counted"] == 0
+    _assert_same_weights(out.state, steps)
+
+
+@pytest.mark.slow
+def test_recovery_benchmark_reports_its_metrics():
+    from edgepool.benchmarking import load_benchmark
+
+    result = load_benchmark("recovery").run(quick=True, progress=False)
+    for key in ("recovery_speedup_vs_checkpoint_restart", "samples_lost", "samples_double_counted"):
+        assert key in result["metrics"]
+    assert result["metrics"]["samples_lost"] == 0
+    assert result["metrics"]["recovery_speedup_vs_checkpoint_restart"] > 1.0
