@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
 PLAN_VERSION = 1
@@ -110,10 +111,7 @@ class Plan(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees half a plan."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        write_text_atomic(path, self.to_json())
 
 
 def plan_from_dict(raw: Any, source: str = "<plan>", cluster=None, num_layers: int | None = None,

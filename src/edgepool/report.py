@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepool.atomic import write_text_atomic
+
 REPORT_VERSION = 1
 
 
@@ -55,10 +57,7 @@ class Report(BaseModel):
         return self.model_dump_json(indent=indent)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":

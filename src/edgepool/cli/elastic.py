@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from edgepool.atomic import write_text_atomic
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train-elastic")
@@ -55,10 +57,7 @@ def register(app: typer.Typer) -> None:
                   "recoveries": outcome.recovery_times(), "samples": outcome.samples,
                   "events": [{k: v for k, v in e.items() if k != "after"} for e in outcome.events],
                   "where": "local processes on this host, gloo over loopback", "run_dir": str(outcome.out_dir)}
-        path = outcome.out_dir / "result.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        write_text_atomic(outcome.out_dir / "result.json", json.dumps(result, indent=2))
         if as_json:
             typer.echo(json.dumps(result))
             return

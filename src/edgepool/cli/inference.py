@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
 PLANS = {"auto": "auto", "tp": "tp", "even-tp": "even-tp", "pipeline": "pipeline", "single": "single",
@@ -78,11 +79,7 @@ def register(app: typer.Typer) -> None:
             result["measured"] = json.loads(measured.to_json())
             result["simulator_error"] = abs(simulated.latency_s - measured.latency_s) / measured.latency_s
         if output:
-            from pathlib import Path
-            path = Path(output)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            tmp.replace(path)
+            write_text_atomic(output, json.dumps(result, indent=2))
         if as_json:
             typer.echo(json.dumps(result))
         else:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
 DEMO_MODEL = dict(vocab_size=2048, n_positions=128, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0,
@@ -212,10 +213,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _command() -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from edgepool.atomic import write_text_atomic
 from edgepool.elastic.checkpoint import save_stage_checkpoint
 from edgepool.elastic.heartbeat import AbortableWait, AbortWatcher, Heartbeat, PeerFailure, connect
 from edgepool.elastic.replica import BlockState, ModelIndex, Replica, capture, recv_object, restore, to_bytes
@@ -254,10 +255,7 @@ class ElasticAgent:
                               "held_bytes": stats.held_bytes, "init_s": stats.init_s,
                               "owner": self.replica.owner},
                   "wait_s": self.wait.waited_s}
-        path = self.out / f"result-{self.device}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
+        write_text_atomic(self.out / f"result-{self.device}.json", json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from edgepool.atomic import write_text_atomic
 from edgepool.inference.executor import InferenceProgram
 from edgepool.inference.sharded_generation import generate, reference_greedy
 from edgepool.models import build_model
@@ -115,9 +116,7 @@ def main(job_path: str) -> None:
         results["runs"][spec["name"]] = result
         del program
         _barrier()
-    tmp = out_dir / f"rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(results))
-    tmp.replace(out_dir / f"rank{rank}.json")
+    write_text_atomic(out_dir / f"rank{rank}.json", json.dumps(results))
     dist.destroy_process_group()
 
 

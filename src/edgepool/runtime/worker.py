@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edgepool.atomic import write_text_atomic
 from edgepool.plan import Plan
 from edgepool.runtime.comm import GradientSync, gradient_buckets, message_tag
 from edgepool.runtime.data import ModelSpec, build_bundle, make_optimizer, step_batch
@@ -56,9 +57,7 @@ class WorkerSpec:
     hooks: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.__dict__))
 
     @classmethod
     def load(cls, path: str | Path) -> "WorkerSpec":
@@ -313,10 +312,7 @@ class StageWorker:
 
     # ------------------------------------------------------------------ output
     def _write_progress(self, done: int) -> None:
-        path = Path(self.spec.out_dir) / f"progress-rank{self.rank}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(str(done))
-        tmp.replace(path)
+        write_text_atomic(Path(self.spec.out_dir) / f"progress-rank{self.rank}", str(done))
 
     def result(self) -> dict:
         return {
@@ -333,10 +329,7 @@ class StageWorker:
         out = Path(self.spec.out_dir)
         if self.spec.save_state:
             torch.save(self.state_dict(), out / f"state-rank{self.rank}.pt")
-        path = out / f"result-rank{self.rank}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.result()))
-        tmp.replace(path)
+        write_text_atomic(out / f"result-rank{self.rank}.json", json.dumps(self.result()))
 
 
 def _load_hook(path: str) -> IterationHook:
