@@ -19,22 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from edgepool.shares import split_counts
+
 TAG_SPACE = 1 << 20
-
-
-def split_counts(total: int, shares: list[float]) -> list[int]:
-    """`total` whole units split in proportion to `shares` (largest remainder), summing to `total` exactly."""
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
-    s = sum(shares)
-    if s <= 0:
-        raise ValueError(f"shares must have a positive sum, got {shares}")
-    exact = [total * x / s for x in shares]
-    counts = [int(e) for e in exact]
-    order = sorted(range(len(shares)), key=lambda i: exact[i] - counts[i], reverse=True)
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 def offsets(counts: list[int]) -> list[int]:

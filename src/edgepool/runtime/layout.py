@@ -15,21 +15,7 @@ from dataclasses import dataclass
 
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
-
-
-def split_counts(total: int, weights: list[float]) -> list[int]:
-    """Integers summing to `total` in proportion to `weights` (largest remainder, ties to the first)."""
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
-    weight_sum = sum(weights)
-    if weight_sum <= 0:
-        raise ValueError(f"weights must have a positive sum, got {weights}")
-    exact = [total * w / weight_sum for w in weights]
-    counts = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
+from edgepool.shares import split_counts
 
 
 def diffused_counts(sizes: list[int], weights: list[float]) -> list[list[int]]:
