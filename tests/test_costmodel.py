@@ -74,8 +74,8 @@ def test_calibrated_roofline_predicts_measured_times_here():
     torch.manual_seed(0)
     local = measure_local_device()
     bundle = build_model("resnet18", num_classes=10, image_size=64)
-    small = profile_model(bundle, batch=8, measure=True, repeats=3)
-    large = profile_model(bundle, batch=16, measure=True, repeats=3)
+    small = profile_model(bundle, batch=8, measure=True, repeats=5)
+    large = profile_model(bundle, batch=16, measure=True, repeats=5)
     cost = CostModel().calibrate(small, local)
     assert 0 < cost.efficiency_of(local) <= 1
     predicted = cost.layers_time(small, 0, len(small), local, 16, "fwdbwd")

@@ -7,7 +7,6 @@ device, so models that do not fit here are profiled without allocating them.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -110,12 +109,13 @@ class _SavedBytes:
 
 
 def _timed(fn, repeats: int) -> float:
+    """Best of `repeats`: other processes only ever add time, so the minimum is the least disturbed run."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def profile_model(bundle: ModelBundle, batch: int = 1, seq: int | None = None, measure: bool = False,
