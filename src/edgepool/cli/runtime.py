@@ -202,8 +202,8 @@ def register(app: typer.Typer) -> None:
             "machine_note": "measured on a shared machine; energy is modelled",
         }
         _write_json(output / "report.json", result)
-        gantt = _gantt([c.measured for c in runs], output / "gantt.png",
-                       "measured timelines: " + " | ".join(c.planner for c in runs))
+        gantt = _gantt([r for c in runs for r in (c.simulated, c.measured)], output / "gantt.png",
+                       "simulated vs measured timelines: " + " | ".join(c.planner for c in runs))
         console.print(_comparison_table("measured on this host", [c.summary() for c in runs]))
         console.print(f"[bold]{chosen.planner}[/bold] {chosen.measured.throughput:.2f} samples/s vs [bold]dp[/bold] "
                       f"{baseline.measured.throughput:.2f} samples/s: "
