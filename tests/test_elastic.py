@@ -101,6 +101,54 @@ def test_sigkill_mid_iteration_replays_and_matches_failure_free_training(tmp_pat
     assert out.recovery_times()[0]["time_to_interrupted_iteration_s"] is not None
 
 
+def _open_sockets() -> set[str]:
+    fd_dir = Path("/proc/self/fd")
+    found = set()
+    for fd in fd_dir.iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_sigkill_mid_iteration_on_the_testbed_replays_matches_and_leaves_nothing(tmp_path):
+    """The same kill -9 with every device in its own cgroup and network namespace: the workers reach the
+    supervisor's store only through the testbed's bridge, the survivors replay, and teardown leaves nothing."""
+    from edgepool.cluster import Cluster
+    from edgepool.testbed import Testbed, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"testbed unavailable: {reason}")
+    from test_testbed_root import _assert_nothing_left, _device, _root_state
+
+    steps = 6
+    cluster = Cluster.uniform([_device(n, 10) for n in ("a", "b", "c")], bandwidth=1e8)
+    root_before, sockets_before = _root_state(), _open_sockets()
+    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
+                     failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS}, timeout_s=120,
+                     launcher="testbed", cluster=cluster)
+    out = run.run()
+    tb = run.launcher
+    assert isinstance(tb, Testbed) and out.where["launcher"] == "testbed"  # not a silent local fallback
+    assert all(h.env["GLOO_SOCKET_IFNAME"] == "veth0" for h in tb.handles)
+    assert {h.device for h in tb.handles} == {"a", "b", "c"}
+    assert [p.devices for p in out.plans] == [["a", "b", "c"], ["a", "c"]]
+    dead = next(e for e in out.events if e["kind"] == "dead")
+    assert dead["codes"] == {"b": -9}  # b's process died of SIGKILL, mid-iteration
+    first = next(e for e in out.events if e["kind"] == "failure")
+    assert first["step"] == 3 and out.recovery_times()[0]["time_to_interrupted_iteration_s"] is not None
+    _assert_same_weights(out.state, steps)
+    assert out.samples["samples_lost"] == 0 and out.samples["samples_double_counted"] == 0
+    _assert_nothing_left(tb, str(tmp_path), root_before)  # namespaces, cgroups, processes, interfaces, qdiscs
+    assert _open_sockets() <= sockets_before, "the supervisor's store (in the hub namespace) was not closed"
+
+
 @pytest.mark.slow
 def test_checkpoint_restart_baseline_also_matches(tmp_path):
     steps = 5

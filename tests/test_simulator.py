@@ -7,10 +7,11 @@ import pytest
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.device import Device
+from edgepool.errors import SpecError
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.planners.costing import estimate
 from edgepool.profile import LayerProfile, ModelProfile
-from edgepool.simulator import DeviceFailure, simulate, stage_order
+from edgepool.simulator import DeviceFailure, LinkChange, simulate, stage_order
 
 GFLOP = 1e9
 
@@ -119,10 +120,27 @@ def test_memory_over_limit_is_infeasible_not_run():
     assert report.per_device["d0"].peak_memory_bytes > report.per_device["d0"].memory_limit_bytes
 
 
-def test_events_are_typed_but_not_replayed_yet():
+def test_failure_events_forward_to_the_elastic_simulation():
     prof, cl = profile(2), cluster(2)
-    with pytest.raises(NotImplementedError):
-        simulate(pipeline_plan(2, 1, "1f1b"), cl, CostModel(), prof, events=[DeviceFailure("d0", 1.0)])
+    plan = pipeline_plan(2, 2, "gpipe")
+
+    def replan(devices):  # both layers on the first survivor
+        stage = StagePlan(layers=(0, 2), devices=[devices[0]], shares=[1.0])
+        return plan.model_copy(update={"pipelines": [PipelinePlan(stages=[stage])]})
+    base = simulate(plan, cl, CostModel(), prof)
+    report = simulate(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 25.0)], replan=replan,
+                      duration_s=100.0, detection_s=1.0)
+    timeline = report.metrics["events"]
+    assert [s["kind"] for s in timeline["segments"]] == ["train", "recovery", "train"]
+    assert timeline["segments"][-1]["devices"] == ["d0"]
+    assert report.source == "simulated" and "device event" in report.where
+    assert report.metrics["throughput_before"] == pytest.approx(base.throughput)
+    assert report.metrics["throughput_after"] < base.throughput  # one device does both stages' work now
+    assert 0 < report.throughput < base.throughput
+    with pytest.raises(NotImplementedError, match="link changes"):
+        simulate(plan, cl, CostModel(), prof, events=[LinkChange("d0", "d1", 1e3, 1.0)], replan=replan)
+    with pytest.raises(SpecError, match="replan"):  # "hand" is no registered planner that could re-plan
+        simulate(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 5.0)])
 
 
 def test_multi_pipeline_includes_cross_pipeline_allreduce():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
@@ -141,11 +141,21 @@ def _run(ops: list[_Op], programs: dict[object, list[int]]) -> None:
 
 
 def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
-             events: Sequence[Event] = ()) -> Report:
-    """Replay one iteration of `plan` on `cluster`; a `Report` with source="simulated"."""
+             events: Sequence[Event] = (), *, replan: Callable[[list[str]], Plan] | None = None,
+             duration_s: float | None = None, recovery: str = "replay", **recovery_options) -> Report:
+    """Replay one iteration of `plan` on `cluster`; a `Report` with source="simulated".
+
+    With `events` (device failures and joins) the pool runs on over time instead, as
+    `edgepool.elastic.sim_events.simulate_with_events` models it: detection, re-planning with `replan(devices)`
+    (default: the plan's own planner), state transfer and `recovery` ("replay": pipeline replay from in-memory
+    replicas; "checkpoint": restart from the last checkpoint), for `duration_s` seconds (default: the last event
+    plus as long again, at least 20 iterations). `recovery_options` go to it (detection_s, restart_s,
+    checkpoint_every, disk_bandwidth). The report's throughput is then the average over the run and its
+    `metrics["events"]` the timeline: segments, recoveries and every iteration's completion time.
+    """
     if events:
-        raise NotImplementedError("replaying device failures, joins and link changes is not modelled yet "
-                                  "(recovery modelling is a later issue); simulate without events")
+        return _simulate_events(plan, cluster, cost_model, profile, events, replan, duration_s, recovery,
+                                recovery_options)
     for d in plan.devices:
         if d not in cluster.devices:
             raise SpecError(field="plan.pipelines.stages.devices", value=d,
@@ -276,6 +286,49 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
                   throughput=plan.batch / iteration if feasible and iteration > 0 else None,
                   iteration_time_s=iteration if feasible else None, per_device=per_device, timeline=timeline,
                   metrics=metrics)
+
+
+def _simulate_events(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
+                     events: Sequence[Event], replan, duration_s: float | None, recovery: str,
+                     options: dict) -> Report:
+    from edgepool.elastic.sim_events import simulate_with_events  # imported here: it builds on this module
+
+    changes = [e for e in events if isinstance(e, LinkChange)]
+    if changes:
+        raise NotImplementedError(f"link changes ({changes[0]}) are not modelled by the simulator yet; "
+                                  "simulate device failures and joins only")
+    for e in events:
+        name = e.device if isinstance(e.device, str) else e.device.name
+        if name not in cluster.devices:
+            raise SpecError(field="events.device", value=name, accepted=", ".join(cluster.devices),
+                            hint="a failing or joining device must be a device of the cluster")
+    base = simulate(plan, cluster, cost_model, profile)
+    if not base.feasible:
+        return base
+    if replan is None:
+        from edgepool.planners import get_planner, planner_names
+
+        if plan.planner not in planner_names():
+            raise SpecError(field="replan", value=None, accepted="a function devices -> Plan",
+                            hint=f"the plan's planner {plan.planner!r} is not registered, so it cannot re-plan")
+        planner = get_planner(plan.planner)
+
+        def replan(devices: list[str]) -> Plan:
+            return planner.plan(profile, cluster, cost_model, plan.batch, constraints={"devices": list(devices)})
+    if duration_s is None:
+        last = max(e.at_s for e in events)
+        duration_s = last + max(last, 20 * base.iteration_time_s)
+    timeline = simulate_with_events(plan, cluster, cost_model, profile, events, replan, duration_s,
+                                    mode=recovery, **options)
+    done = len(timeline.iterations)
+    end = max([duration_s] + [t for _, t in timeline.iterations])
+    trains = [seg for seg in timeline.segments if seg.kind == "train"]
+    metrics = {**base.metrics, "events": timeline.to_dict(), "duration_s": end, "iterations": done,
+               "throughput_before": trains[0].throughput, "throughput_after": trains[-1].throughput}
+    where = base.where.replace("one iteration replayed", f"{end:.4g} s with {len(events)} device event(s) and "
+                               f"{recovery} recovery (edgepool.elastic.sim_events)")
+    return base.model_copy(update={"where": where, "throughput": done * plan.batch / end,
+                                   "iteration_time_s": end / done if done else None, "metrics": metrics})
 
 
 def compare_planners(profile, cluster, cost_model, batch: int, planners: list[str] | None = None) -> list[dict]:

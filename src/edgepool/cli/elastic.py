@@ -29,10 +29,13 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(5, min=1, help="K: checkpoint interval in checkpoint mode."),
         heartbeat_timeout: float = typer.Option(3.0, help="Seconds without a heartbeat before a device is dead."),
         lr: float = typer.Option(0.01, help="Learning rate (SGD)."),
+        launcher: str = typer.Option("local", help="local (plain processes on loopback) or testbed (each device "
+                                                  "in its cgroup and network namespace, emulating the cluster; "
+                                                  "root; falls back to local, saying why)."),
         output: Path = typer.Option(None, "-o", "--output", help="Folder for the run (logs, result.json)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Train for real on local processes while devices fail and join; report recovery times."""
+        """Train for real (local processes or the testbed) while devices fail and join; report recovery times."""
         from edgepool.cli.runtime import _overrides
         from edgepool.cluster import load_cluster
         from edgepool.elastic.recovery import ElasticRun, default_replan, parse_failure, parse_join
@@ -52,17 +55,23 @@ def register(app: typer.Typer) -> None:
         outcome = ElasticRun(plan, model_spec, steps, replan, mode=mode, batch=batch, seq=seq, lr=lr,
                              failures=failures, joins=joins, checkpoint_every=checkpoint_every,
                              heartbeat_timeout_s=heartbeat_timeout, out_dir=output,
-                             pace_s=0.2 if joins else 0.0).run()
+                             pace_s=0.2 if joins else 0.0, launcher=launcher, cluster=spec).run()
         result = {"source": "measured", "mode": mode, "plans": [p.devices for p in outcome.plans],
                   "recoveries": outcome.recovery_times(), "samples": outcome.samples,
                   "events": [{k: v for k, v in e.items() if k != "after"} for e in outcome.events],
-                  "where": "local processes on this host, gloo over loopback", "run_dir": str(outcome.out_dir)}
+                  "where": outcome.where, "run_dir": str(outcome.out_dir)}
         write_text_atomic(outcome.out_dir / "result.json", json.dumps(result, indent=2))
         if as_json:
             typer.echo(json.dumps(result))
             return
         out = Console()
         out.print(f"plans: {' -> '.join('+'.join(p) for p in result['plans'])}")
+        where = outcome.where
+        if where.get("launcher") == "testbed":
+            out.print(f"ran on the testbed {where['run_id']} emulating {where['cluster']} (CPU quotas, memory limits, "
+                      "link bandwidths)")
+        elif where.get("fallback_reason"):
+            out.print(f"[yellow]ran as local processes: the testbed is unavailable ({where['fallback_reason']})")
         for r in result["recoveries"]:
             out.print(f"{r['device']} killed in iteration {r['step']}: interrupted iteration done again after "
                       f"{r['time_to_interrupted_iteration_s']:.2f} s ({mode})")

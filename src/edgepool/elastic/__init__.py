@@ -3,8 +3,11 @@
 `ElasticRun` (recovery.py) supervises one training run: it hosts the `torch.distributed` TCPStore that every
 worker uses for heartbeats and membership, notices a dead device (its process exits or its heartbeat goes
 stale), re-plans on the survivors with the training planner, and tells the workers to replay the interrupted
-iteration. `CheckpointRun` (checkpoint.py) is the baseline that restarts every worker from the last checkpoint.
-`simulate_with_events` (sim_events.py) models the same recovery in the simulator.
+iteration. `ElasticRun(mode="checkpoint")` is the baseline that restarts every worker from the last
+checkpoint (checkpoint.py saves and finds them).
+`simulate_with_events` (sim_events.py) models the same recovery in the simulator;
+`edgepool.simulator.simulate(..., events=...)` forwards to it. `ElasticRun(launcher="testbed")` runs the
+workers on the emulated testbed instead of local processes.
 """
 from __future__ import annotations
 

@@ -21,6 +21,11 @@ We do not use `torchrun`'s elastic agent here: on any membership change it resta
 which throws away the in-memory state that pipeline replay keeps; that is the checkpoint-restart baseline
 (`mode="checkpoint"`, which this supervisor also runs: kill everyone, re-plan, restart from the last
 checkpoint). Its building block, the c10d TCPStore, is what membership and heartbeats go through.
+
+Workers start through a launcher (`edgepool.testbed.make_launcher`): `launcher="local"` runs plain processes
+on loopback; `launcher="testbed"` runs each device in its cgroup and network namespace of an emulated
+`cluster` (CPU quotas, memory limits and link bandwidths from the cluster spec), and the supervisor opens its
+store inside the testbed's hub namespace, where every device reaches it at the bridge's address.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from edgepool.runtime.data import ModelSpec
 from edgepool.runtime.layout import Layout
 
 MODES = ("replay", "checkpoint")
+LAUNCHERS = ("local", "testbed")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class ElasticOutcome:
     state: dict[str, torch.Tensor]  # final weights, full-model keys
     samples: dict[str, int]
     t_start: float
+    where: dict = field(default_factory=dict)  # the launcher's description: local processes or the testbed
 
     def recovery_times(self) -> list[dict]:
         """Per failure: seconds until the interrupted iteration (and the first iteration) completed again."""
@@ -175,7 +182,7 @@ class ElasticRun:
                  failures: list[FailureSpec] = (), joins: list[JoinSpec] = (), checkpoint_every: int = 5,
                  heartbeat_timeout_s: float = 3.0, collective_timeout_s: float = 60.0, timeout_s: float = 300.0,
                  env: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
-                 pace_s: float = 0.0):
+                 pace_s: float = 0.0, launcher: str = "local", cluster=None, testbed_options: dict | None = None):
         if mode not in MODES:
             raise SpecError(field="mode", value=mode, accepted=", ".join(MODES))
         if steps < 1:
@@ -186,6 +193,11 @@ class ElasticRun:
                                 hint="name a device of the plan")
             if not 0 <= f.step < steps:
                 raise SpecError(field="--fail", value=f"{f.device}@{f.step}", accepted=f"a step in 0..{steps - 1}")
+        if launcher not in LAUNCHERS:
+            raise SpecError(field="launcher", value=launcher, accepted=", ".join(LAUNCHERS))
+        if launcher == "testbed" and cluster is None:
+            raise SpecError(field="cluster", value=None, accepted="the Cluster to emulate",
+                            hint="the testbed takes CPU quotas, memory limits and link bandwidths from it")
         if checkpoint_every < 1:
             raise SpecError(field="checkpoint_every", value=checkpoint_every, accepted="an integer >= 1")
         self.plan, self.model, self.steps, self.replan, self.mode = plan, model, steps, replan, mode
@@ -198,10 +210,14 @@ class ElasticRun:
                                                                                collective_timeout_s, timeout_s)
         self.env, self.progress = env or {}, progress
         self.pace_s = pace_s  # slowest allowed iteration (a sleep), to give demos and tests time to watch
+        self.launcher_kind, self.cluster = launcher, cluster
+        # on the testbed a worker imports torch and builds its model at full speed, then applies its CPU quota
+        self.testbed_options = {"cpu_quota_at_start": False, **(testbed_options or {})}
+        self.launcher = None  # the launcher of the last `run()`, for its description and leftovers
 
     # ------------------------------------------------------------------ processes
     def _config(self, device: str, generation: int, joiner: bool = False) -> Path:
-        cfg = {"device": device, "mode": self.mode, "host": "127.0.0.1", "port": self.port,
+        cfg = {"device": device, "mode": self.mode, "host": self.host, "port": self.port,
                "model": self.model.to_dict(), "steps": self.steps, "batch": self.batch, "seq": self.seq,
                "data_seed": self.data_seed, "optimizer": self.optimizer, "lr": self.lr, "out_dir": str(self.out),
                "collective_timeout_s": self.collective_timeout_s, "checkpoint_every": self.checkpoint_every,
@@ -213,11 +229,9 @@ class ElasticRun:
 
     def _spawn(self, device: str, generation: int, joiner: bool = False) -> None:
         argv = [sys.executable, "-m", "edgepool.elastic.worker", str(self._config(device, generation, joiner))]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **self.env}
-        log = open(self.out / "logs" / f"{device}-g{generation}.log", "w")
-        self._logs.append(log)
-        self.procs[device] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
+        handle = self.launcher.spawn(device, argv, {"OMP_NUM_THREADS": "1", **self.env},
+                                     self.out / "logs" / f"{device}-g{generation}.log")
+        self.procs[device] = handle.process
 
     def _kill(self, device: str) -> None:
         proc = self.procs.get(device)
@@ -235,29 +249,33 @@ class ElasticRun:
     def run(self) -> ElasticOutcome:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
-        from edgepool.testbed.launcher import free_port
+        from edgepool.testbed.launcher import make_launcher
 
-        self.port = free_port()
-        self.store = dist.TCPStore("127.0.0.1", self.port, is_master=True, wait_for_workers=False,
-                                   timeout=_dt.timedelta(seconds=60))
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._logs = []
-        self.events: list[dict] = []
-        self.plans = [self.plan]
-        self.gen_start: dict[int, int] = {0: 0}
-        self.t_start = time.time()
-        try:
-            for d in self.plan.devices:
-                self._spawn(d, 0)
-            self._publish(0, {"plan": self.plan.model_dump(mode="json"), "devices": self.plan.devices,
-                              "committed": 0, "sources": {}, "transfers": []})
-            self._supervise()
-            return self._collect()
-        finally:
-            for d in list(self.procs):
-                self._kill(d)
-            for f in self._logs:
-                f.close()
+        devices = list(dict.fromkeys(self.plan.devices + [j.device for j in self.joins]))
+        options = self.testbed_options if self.launcher_kind == "testbed" else {}
+        self.launcher = make_launcher(self.launcher_kind, self.cluster, devices, **options)
+        with self.launcher:
+            self.host = self.launcher.coordinator_address()
+            with self.launcher.coordinator_namespace():  # port 0: the store picks a free one there
+                self.store = dist.TCPStore(self.host, 0, is_master=True, wait_for_workers=False,
+                                           timeout=_dt.timedelta(seconds=60))
+            self.port = self.store.port
+            self.procs: dict[str, subprocess.Popen] = {}
+            self.events: list[dict] = []
+            self.plans = [self.plan]
+            self.gen_start: dict[int, int] = {0: 0}
+            self.t_start = time.time()
+            try:
+                for d in self.plan.devices:
+                    self._spawn(d, 0)
+                self._publish(0, {"plan": self.plan.model_dump(mode="json"), "devices": self.plan.devices,
+                                  "committed": 0, "sources": {}, "transfers": []})
+                self._supervise()
+                return self._collect()
+            finally:
+                for d in list(self.procs):
+                    self._kill(d)
+                self.store = None  # close its sockets before the launcher tears down (and the testbed its hub)
 
     def _supervise(self) -> None:
         g, plan = 0, self.plan
@@ -433,8 +451,9 @@ class ElasticRun:
             if ev["kind"] == "failure":
                 g_next = ev["generation"] + 1
                 ev["after"] = [{"step": s, "time": t} for s, t in self._gen_completions(g_next).items()]
+        describe = getattr(self.launcher, "describe", None)
         return ElasticOutcome(self.mode, self.out, self.plans, self.events, completions, results, state,
-                              self._sample_accounting(), self.t_start)
+                              self._sample_accounting(), self.t_start, describe() if describe else {})
 
     def _gen_completions(self, g: int) -> dict[int, float]:
         if g >= len(self.plans):

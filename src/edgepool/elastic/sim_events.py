@@ -11,6 +11,7 @@ the current plan at the simulator's iteration time. A `DeviceFailure` at t inter
 while checkpoint restart costs detection + `restart_s` (processes, imports, process group) + loading the last
 checkpoint + every iteration since that checkpoint again. A `DeviceJoin` re-plans at the next iteration
 boundary and moves the joiner's blocks. Everything here is simulated (cost model), and labelled so.
+`edgepool.simulator.simulate(plan, ..., events=...)` calls this and returns it as a `Report`.
 """
 from __future__ import annotations
 

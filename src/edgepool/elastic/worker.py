@@ -40,6 +40,7 @@ from edgepool.elastic.replica import BlockState, ModelIndex, Replica, capture, r
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec, build_bundle
 from edgepool.runtime.worker import StageWorker, WorkerSpec
+from edgepool.testbed.worker import apply_cpu_quota
 
 TRANSFER_TAG = (1 << 20) + 100
 LEAVE_ERRORS = (PeerFailure, dist.DistError)
@@ -264,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a worker is
     cfg = json.loads(Path(argv[0]).read_text())
     try:
-        ElasticAgent(cfg).run()
+        agent = ElasticAgent(cfg)  # imports and the model build ran at full speed; on the testbed the
+        apply_cpu_quota()  # device's CPU quota holds from here on (a no-op elsewhere)
+        agent.run()
     except Exception:
         traceback.print_exc()
         (Path(cfg["out_dir"]) / f"error-{cfg['device']}.txt").write_text(traceback.format_exc())

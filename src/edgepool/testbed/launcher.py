@@ -12,6 +12,7 @@ Each worker gets MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_W
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Protocol, Sequence, runtime_checkable
+from typing import IO, ContextManager, Mapping, Protocol, Sequence, runtime_checkable
 
 log = logging.getLogger("edgepool.testbed")
 
@@ -150,24 +151,44 @@ class ProcessLauncher:
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
         for rank, device in enumerate(devices):
-            argv = [str(a) for a in commands[device]]
-            if not argv:
+            if not commands[device]:
                 raise ValueError(f"commands[{device!r}] is empty; give an argv list such as ['python', 'w.py']")
-            worker_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
-                          "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
+            rendezvous = {"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
                           "RANK": str(rank), "WORLD_SIZE": str(len(devices)),
-                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(len(devices)),
-                          "GLOO_SOCKET_IFNAME": self.ifname(device), "EDGEPOOL_DEVICE": device,
-                          "EDGEPOOL_LAUNCHER": self.kind, "PYTHONUNBUFFERED": "1", **self._worker_env(device)}
-            log_path, out = None, None
-            if log_dir is not None:
-                log_path = Path(log_dir) / f"rank{rank}-{device}.log"
-                out = open(log_path, "w")
-                self._logs.append(out)
-            process = subprocess.Popen(self._wrap(device, argv), env=worker_env, stdout=out,
-                                       stderr=subprocess.STDOUT if out else None, start_new_session=True)
-            self.handles.append(WorkerHandle(device, rank, self.address(device), process, worker_env, log_path))
+                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(len(devices))}
+            self.spawn(device, commands[device], {**(env or {}), **rendezvous},
+                       None if log_dir is None else Path(log_dir) / f"rank{rank}-{device}.log", rank)
         return self.handles
+
+    def spawn(self, device: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              log_path: str | Path | None = None, rank: int = -1) -> WorkerHandle:
+        """Start one process as `device` (on the testbed: in its cgroup and namespace) and keep its handle, so
+        that teardown stops it too. Sets no rendezvous variables: for callers that bring their own store and
+        start, restart or add workers one at a time (elastic training); `launch` starts a whole group."""
+        argv = [str(a) for a in argv]
+        if not argv:
+            raise ValueError(f"the command for {device!r} is empty; give an argv list such as ['python', 'w.py']")
+        worker_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
+                      "GLOO_SOCKET_IFNAME": self.ifname(device), "EDGEPOOL_DEVICE": device,
+                      "EDGEPOOL_LAUNCHER": self.kind, "PYTHONUNBUFFERED": "1", **self._worker_env(device)}
+        out = None
+        if log_path is not None:
+            log_path = Path(log_path)
+            out = open(log_path, "w")
+            self._logs.append(out)
+        process = subprocess.Popen(self._wrap(device, argv), env=worker_env, stdout=out,
+                                   stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        handle = WorkerHandle(device, rank, self.address(device), process, worker_env, log_path)
+        self.handles.append(handle)
+        return handle
+
+    def coordinator_address(self) -> str:
+        """Where a coordinator (a TCPStore) hosted by this process is reachable from every worker."""
+        return "127.0.0.1"
+
+    def coordinator_namespace(self) -> ContextManager:
+        """Open the coordinator's listening socket inside this, so that `coordinator_address` reaches it."""
+        return contextlib.nullcontext()
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> dict[str, int]:
         """Wait for all workers; on the first failure stop the others and raise WorkerFailed.

@@ -2,12 +2,18 @@
 
 Everything lives inside namespaces this module creates: a hub namespace holding a bridge `br0`, and per
 device a namespace whose interface `veth0` (address SUBNET.<rank+1>/24) is one end of a veth pair whose
-other end (`d<i>`) is a port of the bridge. The root namespace and its interfaces are never touched,
-and deleting the namespaces removes every veth, bridge and qdisc with them.
+other end (`d<i>`) is a port of the bridge. The bridge itself has the address SUBNET.254 (`hub_address`): a
+process of the host that opens a listening socket inside the hub namespace (`entered(network.hub)`), such as
+the TCPStore of an elastic run's supervisor, is reachable from every device there. The root namespace and its
+interfaces are never touched, and deleting the namespaces removes every veth, bridge and qdisc with them.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from edgepool.testbed.system import run
 
@@ -16,6 +22,9 @@ SUBNET = "10.77.0"  # a private /24 that exists only inside the testbed's namesp
 DEVICE_IFNAME = "veth0"
 BRIDGE = "br0"
 MAX_DEVICES = 250
+HUB_HOST = 254  # the bridge's own address in the subnet, above every device's
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"  # where `ip netns add` pins named namespaces
 
 
 @dataclass
@@ -53,6 +62,11 @@ class Network:
     def hub(self) -> str:
         return f"{NAME_PREFIX}{self.run_id}-hub"
 
+    @property
+    def hub_address(self) -> str:
+        """The bridge's address: services hosted in the hub namespace listen here."""
+        return f"{self.subnet}.{HUB_HOST}"
+
     def namespaces(self) -> list[str]:
         return [self.hub, *(d.namespace for d in self.devices.values())]
 
@@ -61,6 +75,7 @@ class Network:
         run(["ip", "netns", "add", hub])
         run(["ip", "-n", hub, "link", "set", "lo", "up"])
         run(["ip", "-n", hub, "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "-n", hub, "addr", "add", f"{self.hub_address}/24", "dev", BRIDGE])
         run(["ip", "-n", hub, "link", "set", BRIDGE, "up"])
         for dev in self.devices.values():
             ns = dev.namespace
@@ -91,3 +106,23 @@ def list_namespaces(prefix: str = NAME_PREFIX) -> list[str]:
 
 def delete_namespace(name: str) -> None:
     run(["ip", "netns", "del", name], check=False)
+
+
+@contextlib.contextmanager
+def entered(namespace: str) -> Iterator[None]:
+    """Run the calling thread inside network namespace `namespace`, then return it to where it was.
+
+    Sockets opened meanwhile stay in `namespace` for their whole life (and threads started meanwhile run
+    there), so a listening socket opened here serves that namespace's network. Needs root (CAP_SYS_ADMIN).
+    Keep such sockets closed before the namespace is deleted: an open one keeps the namespace alive."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(os.path.join(NETNS_DIR, namespace)) as target, open("/proc/thread-self/ns/net") as home:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot enter network namespace {namespace}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:  # never go on in the wrong namespace
+                err = ctypes.get_errno()
+                raise OSError(err, f"cannot return from network namespace {namespace}: {os.strerror(err)}")

@@ -22,7 +22,7 @@ from edgepool.cluster import Cluster
 from edgepool.device import Device
 from edgepool.testbed.cgroups import DeviceCgroup, list_cgroups, remove_cgroup_dirs
 from edgepool.testbed.launcher import ProcessLauncher, WorkerHandle
-from edgepool.testbed.netns import NAME_PREFIX, Network, delete_namespace, list_namespaces
+from edgepool.testbed.netns import NAME_PREFIX, Network, delete_namespace, entered, list_namespaces
 from edgepool.testbed.shaping import ShapingPlan, apply_shaping, shaping_plan
 from edgepool.testbed.system import process_start_time, require_testbed
 from edgepool.testbed.worker import QUOTA_FD_ENV, QUOTA_US_ENV
@@ -170,6 +170,15 @@ class Testbed(ProcessLauncher):
 
     def namespace(self, device: str) -> str:
         return self.network.devices[device].namespace
+
+    def coordinator_address(self) -> str:
+        return self.network.hub_address
+
+    def coordinator_namespace(self):
+        """The hub namespace: a socket opened inside is reachable from every device at `coordinator_address`."""
+        if not self._started:
+            raise RuntimeError("start the testbed first (`with Testbed(cluster) as tb:` or tb.start())")
+        return entered(self.network.hub)
 
     def _master_port(self) -> int:
         # every namespace has its own ports; a new port per launch avoids sockets in TIME_WAIT
