@@ -5,8 +5,11 @@ Testbed: 4 devices whose relative speeds are 1.0, 0.85, 0.7 and 0.55 (cgroup CPU
 scaled to fit this host's cores; one torch thread each), every pair linked at 1 Gbps, then at 100 Mbps (tc
 htb; latency is not emulated). Cases: BERT-base forward at sequence 128 and 512, and one GPT-2 decode step
 after a 128-token prompt. Before planning, the cost model is calibrated with one BERT-base layer timed on
-one thread of this host, so the simulator's figures are for the emulated devices; its error is reported per
-measurement. Without root (no testbed) the workers run as plain local processes, which the output says.
+one thread of this host, so the simulator's figures are for the emulated devices, and for each link setting a
+short probe on the testbed itself (`inference.commprobe`) measures what the collectives cost there (fixed
+all-reduce and message latencies, CPU per message and per byte); the planner and the simulator use those
+constants. The simulator's error is reported per measurement. A baseline whose plan is the planner's own
+(same stages, shares and tiles) is measured once and reported for both. Without root (no testbed) the workers run as plain local processes, which the output says.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 
 CASES_FULL = [("bert512", "bert-base", "prefill", 512), ("bert128", "bert-base", "prefill", 128),
               ("gpt2decode", "gpt2", "decode", 128)]
@@ -43,11 +47,17 @@ def _calibrate_core_flops(model: str, seq: int) -> float:
     times = []
     with torch.no_grad():
         layer(x)
-        for _ in range(3):
+        for _ in range(5):
             start = time.process_time()  # CPU time: what a device with a whole core would take
             layer(x)
             times.append(time.process_time() - start)
-    return flops / min(times)
+    return flops / statistics.median(times)  # the median, like the measured latencies it predicts
+
+
+def _hidden(model: str) -> int:
+    from edgepool.models import build_model
+
+    return build_model(model, meta=True).hf_model.config.hidden_size
 
 
 def _cluster(bandwidth: float, core_flops: float, cores: dict[str, float]):
@@ -72,23 +82,32 @@ def _testbed_cores() -> dict[str, float]:
     return {n: l.cpu_cores for n, l in device_limits(probe, list(RELATIVE_SPEED)).items()}
 
 
-def _plans(profile, cluster, shape):
+def _plans(profile, cluster, shape, comm):
     from edgepool.inference.planner import plan_inference
     from edgepool.inference.simulate import simulate_inference
 
     chosen = {
-        "planner": plan_inference(profile, cluster, shape, strategy="auto"),
-        "even_tp": plan_inference(profile, cluster, shape, strategy="even-tp"),
-        "pipeline": plan_inference(profile, cluster, shape, strategy="pipeline"),
-        "best_single": plan_inference(profile, cluster, shape, strategy="single"),
+        "planner": plan_inference(profile, cluster, shape, strategy="auto", comm=comm),
+        "even_tp": plan_inference(profile, cluster, shape, strategy="even-tp", comm=comm),
+        "pipeline": plan_inference(profile, cluster, shape, strategy="pipeline", comm=comm),
+        "best_single": plan_inference(profile, cluster, shape, strategy="single", comm=comm),
     }
-    simulated = {k: simulate_inference(p, profile, cluster, shape=shape).latency_s for k, p in chosen.items()}
+    simulated = {k: simulate_inference(p, profile, cluster, shape=shape, comm=comm).latency_s
+                 for k, p in chosen.items()}
     return chosen, simulated
+
+
+def _same_plan(a, b) -> bool:
+    """Same stages, devices, shares, modes and tiles: the same computation."""
+    return a.feasible and b.feasible and a.notes.get("tiles") == b.notes.get("tiles") and [
+        (s.layers, s.devices, s.shares, s.parallel if len(s.devices) > 1 else "single") for s in a.stages] == [
+        (s.layers, s.devices, s.shares, s.parallel if len(s.devices) > 1 else "single") for s in b.stages]
 
 
 def run(quick: bool = False, progress: bool = True) -> dict:
     from rich.progress import Progress
 
+    from edgepool.inference.commprobe import probe_comm
     from edgepool.inference.runner import RunSpec, describe_launcher, run_job
     from edgepool.inference.simulate import RequestShape
     from edgepool.models import build_model
@@ -97,45 +116,62 @@ def run(quick: bool = False, progress: bool = True) -> dict:
 
     cases = CASES_QUICK if quick else CASES_FULL
     links = LINKS_QUICK if quick else LINKS_FULL
-    rounds = 1 if quick else 2
+    rounds = 1 if quick else 3
     started = time.time()
     load_before = os.getloadavg()
     cores = _testbed_cores()
-    core_flops = _calibrate_core_flops(cases[0][1], cases[0][3])
+    # one rate per case (a layer of that model at that length: seq-128 and one-token layers run at other
+    # fractions of peak than seq-512 ones), so each case's simulation is calibrated to its own work
+    case_flops = {case: _calibrate_core_flops(model, seq if phase == "prefill" else 1)
+                  for case, model, phase, seq in cases}
+    core_flops = case_flops[cases[0][0]]
     profiles = {}
     for _, model, phase, seq in cases:
         key = (model, phase, seq)
         profiles[key] = profile_model(build_model(model, meta=True), 1, seq if phase == "prefill" else 1)
     results: dict = {}
     launcher_info: dict = {}
+    comm_info: dict = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("inference benchmark", total=len(links))
         for link_name, bandwidth in links.items():
             cluster = _cluster(bandwidth, core_flops, cores)
-            runs, meta = [], {}
-            for case, model, phase, seq in cases:
-                shape = RequestShape(1, seq if phase == "prefill" else 1, phase, seq if phase == "decode" else 0)
-                chosen, simulated = _plans(profiles[(model, phase, seq)], cluster, shape)
-                meta[case] = (chosen, simulated, model)
-            for r in range(rounds):  # candidate and baselines interleaved, round after round
-                for case, model, phase, seq in cases:
-                    chosen = meta[case][0]
-                    for name in PLANS:
-                        plan = chosen[name]
-                        if not plan.feasible:
-                            continue
-                        runs.append(RunSpec(name=f"{case}|{name}|{r}", model=model, plan=plan,
-                                            task="forward" if phase == "prefill" else "decode", seq=seq,
-                                            tiles=int(plan.notes.get("tiles", 1)), repeats=1 if phase == "prefill" else 0,
-                                            warmup=1 if r == 0 else 0, max_new_tokens=DECODE_STEPS + 1))
             with make_launcher("testbed", cluster, devices=list(cluster.devices)) as launcher:
                 launcher_info[link_name] = describe_launcher(launcher)
+                width = max(_hidden(m) for _, m, _, _ in cases)
+                comm, raw = probe_comm(launcher, list(cluster.devices), hidden=width,
+                                       rows=max(s for *_, s in cases), core_flops=core_flops,
+                                       repeats=8 if quick else 24,
+                                       source=f"measured by inference.commprobe on this testbed ({link_name})")
+                comm_info[link_name] = {"fitted": comm.to_dict(), "per_rank": raw}
+                runs, meta = [], {}
+                for case, model, phase, seq in cases:
+                    shape = RequestShape(1, seq if phase == "prefill" else 1, phase, seq if phase == "decode" else 0)
+                    case_cluster = _cluster(bandwidth, case_flops[case], cores)
+                    chosen, simulated = _plans(profiles[(model, phase, seq)], case_cluster, shape,
+                                               replace(comm, core_flops=case_flops[case]))
+                    same = {name: next((o for o in PLANS[:PLANS.index(name)] if _same_plan(chosen[o], chosen[name])),
+                                       None) for name in PLANS}
+                    meta[case] = (chosen, simulated, model, same)
+                for r in range(rounds):  # candidate and baselines interleaved, round after round
+                    for case, model, phase, seq in cases:
+                        chosen, _, _, same = meta[case]
+                        for name in PLANS:
+                            plan = chosen[name]
+                            if not plan.feasible or same[name]:
+                                continue
+                            runs.append(RunSpec(name=f"{case}|{name}|{r}", model=model, plan=plan,
+                                                task="forward" if phase == "prefill" else "decode", seq=seq,
+                                                tiles=int(plan.notes.get("tiles", 1)),
+                                                repeats=1 if phase == "prefill" else 0,
+                                                warmup=1 if r == 0 else 0, max_new_tokens=DECODE_STEPS + 1))
                 measured = run_job(runs, launcher, timeout_s=1500)
             for case, model, phase, seq in cases:
-                chosen, simulated, _ = meta[case]
+                chosen, simulated, _, same = meta[case]
                 row = {"model": model, "phase": phase, "seq": seq, "plans": {}}
                 for name in PLANS:
-                    keys = [f"{case}|{name}|{r}" for r in range(rounds) if f"{case}|{name}|{r}" in measured]
+                    source = same[name] or name
+                    keys = [f"{case}|{source}|{r}" for r in range(rounds) if f"{case}|{source}|{r}" in measured]
                     lat = [measured[k]["latency_s"] for k in keys]
                     cpu = {d: statistics.median([measured[k]["cpu_s"][d] for k in keys])
                            for d in (measured[keys[0]]["cpu_s"] if keys and phase == "prefill" else {})}
@@ -144,7 +180,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                         "planner": plan.planner, "candidate": plan.notes.get("candidate"),
                         "devices": plan.devices, "stages": [[list(s.layers), s.devices, [round(x, 3) for x in s.shares],
                                                              s.parallel] for s in plan.stages],
-                        "tiles": plan.notes.get("tiles"), "measured_latency_s": statistics.median(lat) if lat else None,
+                        "tiles": plan.notes.get("tiles"), "measured_as": same[name],
+                        "measured_latency_s": statistics.median(lat) if lat else None,
                         "measured_rounds_s": lat, "simulated_latency_s": simulated[name],
                         "cpu_s_per_device": cpu,
                         "quota_bound_latency_s": max(cpu[d] / cores[d] for d in cpu) if cpu else None,
@@ -178,7 +215,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         "benchmark": "inference", "quick": quick, "metrics": metrics, "cases": results,
         "launcher": "local (testbed unavailable: " + fallback + "; devices NOT emulated: no CPU quotas, no shaping)"
         if fallback else "testbed",
-        "testbed": launcher_info, "testbed_cpu_cores": cores, "calibrated_flops_per_thread": core_flops,
+        "testbed": launcher_info, "comm_costs": comm_info, "testbed_cpu_cores": cores, "calibrated_flops_per_thread": core_flops,
+        "calibrated_flops_per_thread_by_case": case_flops,
         "bound_sum_over_fastest_quota": sum(cores.values()) / max(cores.values()),
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores; shared with other jobs)",
         "command": "edgepool bench inference" + (" --quick" if quick else "") + " --json",

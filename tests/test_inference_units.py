@@ -142,3 +142,74 @@ def test_cli_reports_infeasible_and_rejects_bad_plan(tmp_path):
     assert result.exit_code == 2 and "INFEASIBLE" in result.output
     result = CliRunner().invoke(app, ["infer", "--cluster", "home", "--model", "bert-tiny", "--plan", "magic"])
     assert result.exit_code != 0 and "magic" in str(result.exception or result.output)
+
+
+def test_decode_step_with_costly_collectives_runs_on_one_device_or_a_pipeline():
+    from edgepool.inference.commprobe import CommCosts
+
+    profile = profile_model(build_model("gpt2-tiny", meta=True), 1, 1)
+    cluster = _cluster({"a": 10, "b": 8, "c": 6}, bandwidth=100e6 / 8)
+    shape = RequestShape(1, 1, "decode", 32)
+    slow = CommCosts(allreduce_call_s={2: 3e-3, 3: 8e-3}, hop_s=4e-4)
+    plan = plan_inference(profile, cluster, shape, comm=slow)
+    assert plan.planner in ("single", "layer-pipeline"), plan.notes["candidate"]
+    # with free collectives the same request is split: the choice follows the measured costs
+    free = CommCosts(allreduce_call_s={2: 0.0, 3: 0.0}, allreduce_cpu_per_byte_s=0.0, p2p_message_cpu_s=0.0,
+                     p2p_byte_cpu_s=0.0, p2p_phase_s=0.0, hop_s=0.0)
+    fast = Cluster.uniform([_device(n, s) for n, s in {"a": 10, "b": 8, "c": 6}.items()], bandwidth=100e9 / 8)
+    assert plan_inference(profile, fast, shape, comm=free).planner == "galaxy"
+
+
+@pytest.mark.parametrize("seq,phase,bandwidth", [(64, "prefill", 1e9 / 8), (64, "prefill", 100e6 / 8),
+                                                  (8, "prefill", 1e9 / 8), (1, "decode", 1e9 / 8)])
+def test_planner_never_predicts_slower_than_even_tensor_parallelism(bert_profile, seq, phase, bandwidth):
+    from edgepool.inference.commprobe import CommCosts
+
+    profile = bert_profile if phase == "prefill" else profile_model(build_model("gpt2-tiny", meta=True), 1, 1)
+    cluster = _cluster({"a": 12, "b": 10, "c": 7, "d": 5}, bandwidth=bandwidth)
+    shape = RequestShape(1, seq if phase == "prefill" else 1, phase, 0 if phase == "prefill" else 32)
+    for comm in (CommCosts(), CommCosts(core_flops=12e9)):
+        auto = plan_inference(profile, cluster, shape, comm=comm)
+        even = plan_inference(profile, cluster, shape, strategy="even-tp", comm=comm)
+        assert auto.predicted["latency_s"] <= even.predicted["latency_s"]
+        assert auto.predicted["latency_s"] == pytest.approx(
+            simulate_inference(auto, profile, cluster, shape=shape, comm=comm).latency_s)
+
+
+def test_message_cpu_costs_slow_a_slower_device_more(bert_profile):
+    from edgepool.inference.commprobe import CommCosts
+
+    cluster = _cluster({"a": 20, "b": 5}, bandwidth=1e9 / 8)
+    shape = RequestShape(1, 64)
+    plan = plan_inference(bert_profile, cluster, shape, strategy="tp")
+    stage = plan.stages[0].model_copy(update={"parallel": "tensor+sequence"})
+    plan = plan.model_copy(update={"pipelines": [plan.pipelines[0].model_copy(update={"stages": [stage]})],
+                                   "notes": {**plan.notes, "tiles": 1}})
+    layers = len(bert_profile.layers) - 2
+    cheap = CommCosts(p2p_message_cpu_s=0.0, p2p_byte_cpu_s=0.0, allreduce_cpu_per_byte_s=0.0, core_flops=20e9)
+    costly = CommCosts(p2p_message_cpu_s=1e-3, p2p_byte_cpu_s=1e-9, allreduce_cpu_per_byte_s=1e-9, core_flops=20e9)
+    t0 = simulate_inference(plan, bert_profile, cluster, shape=shape, comm=cheap).latency_s
+    t1 = simulate_inference(plan, bert_profile, cluster, shape=shape, comm=costly).latency_s
+    # 8 messages a layer (2 x all-gather + reduce-scatter, send + receive), 1 ms of the probed core each,
+    # take 4x longer on b (5 of the probed core's 20 GFLOP/s): at least that much is added
+    assert t1 - t0 >= layers * 8 * 1e-3 * 4 * 0.99
+
+
+def test_probe_results_fit_into_comm_costs():
+    from edgepool.inference.commprobe import fit_comm_costs
+
+    def rank(dev, tiny_ar, big_ar, tiny_p2p, big_p2p):
+        return {"device": dev, "hop_s": 5e-4,
+                "allreduce": {"2:tiny": {"wall_s": tiny_ar, "cpu_s": 1e-3, "bytes": 4000},
+                              "2:big": {"wall_s": big_ar, "cpu_s": 1e-3 + 2e-9 * 1_000_000, "bytes": 1_004_000}},
+                "p2p": {"tiny": {"wall_s": tiny_p2p, "cpu_s": 2 * 1e-4 + 4000 * 2 * 1e-9, "messages": 2, "bytes": 8000},
+                        "big": {"wall_s": big_p2p, "cpu_s": 2 * 1e-4 + 808_000 * 1e-9, "messages": 2,
+                                "bytes": 808_000}}}
+
+    costs = fit_comm_costs([rank("a", 2e-3, 9e-3, 1e-3, 4e-3), rank("b", 3e-3, 9e-3, 2e-3, 4e-3)], 1e10, "test")
+    assert costs.allreduce_call_s[2] == pytest.approx(3e-3)  # the slowest member's
+    assert costs.allreduce_cpu_per_byte_s == pytest.approx(2e-9)
+    assert costs.p2p_byte_cpu_s == pytest.approx(1e-9)
+    assert costs.p2p_message_cpu_s == pytest.approx(1e-4)
+    assert costs.p2p_phase_s == pytest.approx(2e-3) and costs.hop_s == pytest.approx(5e-4)
+    assert costs.allreduce_fixed_s(4) == pytest.approx(3e-3 / 2 * 6)  # extrapolated by ring steps

@@ -18,6 +18,7 @@ from __future__ import annotations
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
+from edgepool.inference.commprobe import CommCosts
 from edgepool.inference.simulate import RequestShape, layer_time, simulate_inference
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.profile import ModelProfile
@@ -176,8 +177,13 @@ def candidates(profile: ModelProfile, cluster: Cluster, shape: RequestShape, cos
 
 
 def plan_inference(profile: ModelProfile, cluster: Cluster, shape: RequestShape | None = None,
-                   cost: CostModel | None = None, strategy: str = "auto", devices: list[str] | None = None) -> Plan:
-    """The fastest feasible plan of `strategy` (auto: of all), with its predicted latency and the candidates'."""
+                   cost: CostModel | None = None, strategy: str = "auto", devices: list[str] | None = None,
+                   comm: CommCosts | None = None) -> Plan:
+    """The fastest feasible plan of `strategy` (auto: of all), with its predicted latency and the candidates'.
+
+    `comm`: the collectives' costs where the plan will run (`commprobe.probe_comm`); default `CommCosts()`.
+    Every strategy scores its candidates with the same simulator, and `auto` ranges over all of them (even
+    tensor parallelism included), so its predicted latency is never above any other strategy's."""
     if strategy not in STRATEGIES:
         raise SpecError(field="plan", value=strategy, accepted=", ".join(STRATEGIES))
     cost = cost or CostModel()
@@ -193,7 +199,7 @@ def plan_inference(profile: ModelProfile, cluster: Cluster, shape: RequestShape 
     for key, plan in pool.items():
         if not key.startswith(prefix):
             continue
-        report = simulate_inference(plan, profile, cluster, cost, shape)
+        report = simulate_inference(plan, profile, cluster, cost, shape, comm=comm)
         scored[key] = (report, plan)
     feasible = {k: v for k, v in scored.items() if v[0].feasible}
     summary = {k: {"latency_s": r.latency_s, "feasible": r.feasible, "reason": r.infeasible_reason}

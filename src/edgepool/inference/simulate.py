@@ -1,14 +1,19 @@
 """Simulated latency and memory of an inference `Plan` from the cost model: a `Report(source="simulated")`.
 
 Per stage, per layer: each member computes its share of the layer (roofline `CostModel.compute_time` on its
-share of the FLOPs and weights). Communication:
-- `tensor` (Megatron-style): two ring all-reduces of the whole hidden state per layer, over the slowest link;
+share of the FLOPs and weights), plus the CPU work its messages cost (`CommCosts`: measured on the launcher
+by `commprobe`, in CPU seconds of the probed core, scaled to the member's speed). Communication:
+- `tensor` (Megatron-style): two ring all-reduces of the whole hidden state per layer, over the slowest link,
+  each with the measured fixed wall time of an all-reduce among that many devices;
 - `tensor+sequence` (Galaxy): two all-gathers and two reduce-scatters per layer, sent pair-wise (see
-  `collectives`): a phase lasts as long as its slowest pair transfer. With `tiles` > 1, communication and
-  computation overlap: a layer takes max(compute, comm) + min(compute, comm) / tiles.
-Between stages: one transfer of the hidden state between leaders, plus the scatter/broadcast inside the next
-stage. Embedding and head run on the stage leader. A decode step is the same with one new token, plus reading
-the KV cache of `context` tokens for attention.
+  `collectives`): a phase lasts as long as its slowest pair transfer plus the measured fixed time of a phase.
+  With `tiles` > 1, communication and computation overlap: a layer takes max(compute, comm) +
+  min(compute, comm) / tiles; each tile costs every message again (CPU). Receives stay posted through the
+  whole layer, and a process burns `CommCosts.p2p_wait_cpu_fraction` of a probed core while they are: a
+  member's compute is stretched by (1 + that fraction in its own speed), which hurts slow devices most.
+Between stages: one transfer of the hidden state between leaders (plus the measured one-message latency),
+plus the scatter/broadcast inside the next stage. Embedding and head run on the stage leader. A decode step is
+the same with one new token, plus reading the KV cache of `context` tokens for attention.
 """
 from __future__ import annotations
 
@@ -17,19 +22,12 @@ from dataclasses import dataclass
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.inference.collectives import split_counts
+from edgepool.inference.commprobe import CommCosts
 from edgepool.plan import Plan, StagePlan
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
 
 PHASES = ("prefill", "decode")
-# CPU cost of one tile of one exchange with one peer (a Python-level gloo isend + irecv, their bookkeeping and a
-# smaller matrix product). Measured on the 2-core development host, BERT-base at seq 512: with 4 ranks and 1 tile
-# the tensor+sequence mode used about 0.3 s more CPU per device per forward than Megatron-style all-reduce
-# (288 tile-exchange-peers, about 1 ms each); with 2 ranks, 8 tiles cost 0.6 s more than 1 tile (1.8 ms per
-# extra one). It is CPU work, so it adds to computation instead of overlapping with it.
-TILE_CPU_S = 1.5e-3
-# gloo's ring all-reduce runs in C++: far cheaper per step.
-ALLREDUCE_STEP_CPU_S = 1e-4
 
 
 @dataclass(frozen=True)
@@ -102,37 +100,54 @@ def _slowest_link(cluster: Cluster, devices: list[str]):
     return min(links, key=lambda l: l.bandwidth)
 
 
+def _cpu_scale(cost: CostModel, comm: CommCosts, device) -> float:
+    return comm.cpu_scale(cost.effective_flops(device))
+
+
 def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cluster, cost: CostModel,
-                shape: RequestShape, tiles: int) -> dict[str, float]:
+                shape: RequestShape, tiles: int, comm: CommCosts | None = None) -> dict[str, float]:
     """compute_s, comm_s and total_s of one stage (without the hand-off from the previous stage)."""
+    comm = comm or CommCosts()
     stage = plan.stages[stage_index]
     devices = [cluster.devices[d] for d in stage.devices]
     num_blocks = len(profile.layers)
     lo, hi = stage.layers
     leader = devices[0]
     extra = 0.0  # embedding and head, on the leader
-    compute = comm = total = 0.0
+    compute = comm_total = total = 0.0
     rb = row_bytes(profile, shape.batch)
     n = len(devices)
     parallel = "single" if n == 1 else stage.parallel
+    scales = [_cpu_scale(cost, comm, d) for d in devices]
+    overhead = [0.0] * n  # per member and layer: device seconds of message handling
+    slowdown = [1.0] * n  # per member: compute stretched by the CPU its outstanding receives burn
     if parallel == "tensor+sequence":
         rows = dict(zip(stage.devices, split_counts(shape.seq, list(stage.shares))))
         gather = {(a, b): rows[a] * rb for a in stage.devices for b in stage.devices if a != b and rows[a]}
         scatter = {(a, b): rows[b] * rb for a in stage.devices for b in stage.devices if a != b and rows[b]}
-        per_layer_comm = 2 * (_pair_phase(cluster, stage.devices, gather) + _pair_phase(cluster, stage.devices, scatter))
-        per_layer_cpu = 4 * tiles * (n - 1) * TILE_CPU_S
+        per_layer_comm = 2 * (_pair_phase(cluster, stage.devices, gather) + _pair_phase(cluster, stage.devices, scatter)
+                              + 2 * comm.p2p_phase_s)
+        for i, d in enumerate(stage.devices):
+            messages = 2 * 4 * tiles * (n - 1)  # (all-gather + reduce-scatter) x (send + receive), twice a layer
+            moved = 2 * 2 * ((n - 1) * rows[d] + (shape.seq - rows[d])) * rb
+            overhead[i] = (messages * comm.p2p_message_cpu_s + moved * comm.p2p_byte_cpu_s) * scales[i]
+            slowdown[i] = 1.0 + comm.p2p_wait_cpu_fraction * scales[i]
     elif parallel == "tensor":
-        per_layer_comm = 2 * CostModel.allreduce_time(shape.seq * rb, n, _slowest_link(cluster, stage.devices))
-        per_layer_cpu = 2 * 2 * (n - 1) * ALLREDUCE_STEP_CPU_S  # two ring all-reduces of 2(n-1) steps
+        nbytes = shape.seq * rb
+        cpu = 2 * nbytes * comm.allreduce_cpu_per_byte_s  # two all-reduces a layer
+        per_layer_comm = 2 * (CostModel.allreduce_time(nbytes, n, _slowest_link(cluster, stage.devices))
+                              + comm.allreduce_fixed_s(n))
+        overhead = [cpu * sc for sc in scales]
     else:
-        per_layer_comm = per_layer_cpu = 0.0
+        per_layer_comm = 0.0
     for b in range(lo, hi):
         if b == 0 or b == num_blocks - 1:
             extra += layer_time(cost, profile, b, leader, 1.0, shape)
             continue
-        c = max(layer_time(cost, profile, b, d, s, shape) for d, s in zip(devices, stage.shares)) + per_layer_cpu
+        c = max((layer_time(cost, profile, b, d, s, shape) + o) * w
+                for d, s, o, w in zip(devices, stage.shares, overhead, slowdown))
         compute += c
-        comm += per_layer_comm
+        comm_total += per_layer_comm
         if parallel == "tensor+sequence" and tiles > 1:
             total += max(c, per_layer_comm) + min(c, per_layer_comm) / tiles
         else:
@@ -140,20 +155,24 @@ def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cl
     if parallel == "tensor+sequence":  # rows in from the leader (unless embedded here) and back to it
         sizes = {(stage.devices[0], d): r * rb for d, r in zip(stage.devices, split_counts(shape.seq, list(stage.shares)))
                  if d != stage.devices[0] and r}
-        hand = _pair_phase(cluster, stage.devices, sizes)
-        comm += hand * (1 if lo == 0 else 2)
+        hand = _pair_phase(cluster, stage.devices, sizes) + comm.hop_s
+        comm_total += hand * (1 if lo == 0 else 2)
         total += hand * (1 if lo == 0 else 2)
     elif parallel == "tensor" and lo > 0:
-        hand = max(CostModel.transfer_time(shape.seq * rb, cluster.link(stage.devices[0], d)) for d in stage.devices[1:])
-        comm += hand
+        hand = max(CostModel.transfer_time(shape.seq * rb, cluster.link(stage.devices[0], d))
+                   for d in stage.devices[1:]) + comm.hop_s
+        comm_total += hand
         total += hand
-    return {"compute_s": compute + extra, "comm_s": comm, "total_s": total + extra}
+    return {"compute_s": compute + extra, "comm_s": comm_total, "total_s": total + extra}
 
 
 def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost: CostModel | None = None,
-                       shape: RequestShape | None = None, tiles: int | None = None) -> Report:
-    """Latency (one request) of `plan`; `shape` defaults to the request the plan was made for."""
+                       shape: RequestShape | None = None, tiles: int | None = None,
+                       comm: CommCosts | None = None) -> Report:
+    """Latency (one request) of `plan`; `shape` defaults to the request the plan was made for; `comm`: the
+    collectives' costs measured where the plan will run (default: `CommCosts()`)."""
     cost = cost or CostModel()
+    comm = comm or CommCosts()
     if shape is None:  # the request the planner planned for, as it noted it
         notes = plan.notes
         shape = RequestShape(batch=plan.batch, seq=int(notes.get("new_tokens", plan.seq or profile.seq or 1)),
@@ -170,10 +189,11 @@ def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost
     stages_out = []
     for s, stage in enumerate(plan.stages):
         if s > 0:
-            hop = CostModel.transfer_time(shape.seq * rb, cluster.link(plan.stages[s - 1].devices[0], stage.devices[0]))
+            hop = CostModel.transfer_time(shape.seq * rb, cluster.link(plan.stages[s - 1].devices[0],
+                                                                       stage.devices[0])) + comm.hop_s
             timeline.append(TimelineEvent(device=stage.devices[0], kind="recv", start=clock, end=clock + hop, stage=s))
             clock += hop
-        times = stage_times(plan, s, profile, cluster, cost, shape, tiles)
+        times = stage_times(plan, s, profile, cluster, cost, shape, tiles, comm)
         for d in stage.devices:
             timeline.append(TimelineEvent(device=d, kind="fwd", start=clock, end=clock + times["total_s"], stage=s))
         clock += times["total_s"]
@@ -182,7 +202,7 @@ def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost
             limit = cluster.devices[dev].memory_bytes
             per_device[dev] = DeviceStats(busy_s=times["total_s"], peak_memory_bytes=mem, memory_limit_bytes=limit)
     if shape.phase == "decode" and len(plan.stages) > 1:  # the token goes back to the first device
-        clock += cluster.link(plan.stages[-1].devices[0], plan.stages[0].devices[0]).latency_s
+        clock += cluster.link(plan.stages[-1].devices[0], plan.stages[0].devices[0]).latency_s + comm.hop_s
     for dev, stats in per_device.items():
         stats.utilization = stats.busy_s / clock if clock else 0.0
         stats.energy_j = cost.energy(cluster.devices[dev], stats.busy_s, clock - stats.busy_s)
@@ -194,4 +214,4 @@ def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost
                   latency_s=clock, throughput=shape.batch / clock if clock else None, per_device=per_device,
                   timeline=timeline, metrics={"stages": stages_out, "tiles": tiles, "phase": shape.phase,
                                               "seq": shape.seq, "context": shape.context,
-                                              "energy": "modelled"})
+                                              "energy": "modelled", "comm_costs": comm.source})
