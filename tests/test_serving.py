@@ -143,7 +143,9 @@ def test_length_predictor_learns_from_prompts():
 
     _, accuracy = train_predictor("alpaca", n=600)
     assert accuracy.within_2x > 0.6
-    assert accuracy.upper_coverage > 0.65
+    # The upper bound is calibrated on held-out training requests: it covers about its quantile (0.9);
+    # the uncalibrated gradient-boosted quantile covered only ~0.8.
+    assert 0.84 < accuracy.upper_coverage < 0.97
     assert accuracy.mean_padding_tokens > 0
 
 
@@ -281,3 +283,60 @@ def test_simulator_does_not_import_the_engine():
     code = ("import sys, edgepool.serving.simulator, edgepool.serving.scheduler; "
             "assert 'edgepool.serving.engine' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- online padding tuning and cost-based preemption --------------------------------------------
+class SlowCopyCost(FixedCost):
+    def copy_time(self, num_blocks):
+        return 1.0 * num_blocks          # a host link far slower than re-prefilling
+
+
+def _running(scheduler, request):
+    scheduler.add(request)
+    scheduler.blocks.allocate(request.request_id, scheduler.blocks.blocks_for(request.total_tokens))
+    request.state, request.num_computed = RequestState.RUNNING, request.total_tokens
+    scheduler.waiting.remove(request)
+    scheduler.running.append(request)
+    return request
+
+
+@pytest.mark.parametrize("cost, expected", [(FixedCost(), "swap"), (SlowCopyCost(), "recompute")])
+def test_cost_based_preemption_picks_the_cheaper_mode(cost, expected):
+    scheduler = Scheduler(make_policy("padding-cost"), BlockManager(64, 4, 32), cost=cost,
+                          predictor=NoisyPredictor())
+    victim = _running(scheduler, Request("v", prompt_len=40, max_new_tokens=40))
+    recompute, swap = scheduler.preemption_costs(victim, scheduler.schedule(0.0))
+    assert (swap < recompute) == (expected == "swap")
+    plan = scheduler.schedule(0.0)
+    scheduler._preempt(victim, plan)
+    assert (victim.state is RequestState.SWAPPED) == (expected == "swap")
+    assert scheduler.stats.preempt_cost_s == pytest.approx(min(recompute, swap))
+
+
+def test_padding_tuner_grows_by_preemption_cost():
+    policy = make_policy("padding", pad_scale=0.0, grow_step=0.1)
+    scheduler = Scheduler(policy, BlockManager(64, 4, 32), cost=FixedCost(), predictor=NoisyPredictor())
+    scheduler.mean_step_time = 0.1
+    scheduler.stats.preempt_swap, scheduler.stats.preempt_cost_s = 1, 0.01          # a cheap swap: 0.1 step
+    policy.observe(scheduler)
+    after_swap = policy.pad_scale
+    scheduler.stats.preempt_recompute, scheduler.stats.preempt_cost_s = 1, 0.01 + 0.5   # a re-prefill: 5 steps
+    policy.observe(scheduler)
+    assert after_swap == pytest.approx(0.01)
+    assert policy.pad_scale - after_swap == pytest.approx(0.5)
+
+
+def test_padding_tuner_overbooks_while_memory_idles():
+    policy = make_policy("padding", pad_scale=0.0, min_scale=-1.0, shrink_step=0.25)
+    scheduler = Scheduler(policy, BlockManager(75, 4, 0), cost=FixedCost(), predictor=NoisyPredictor())
+    first = Request("a", prompt_len=10, max_new_tokens=290, predicted_len=150.0, predicted_upper=300.0)
+    _running(scheduler, first)
+    newcomer = Request("b", prompt_len=10, max_new_tokens=290, predicted_len=150.0, predicted_upper=300.0)
+    scheduler.add(newcomer)
+    need = scheduler.blocks.blocks_for(newcomer.total_tokens)
+    assert not policy.admits(newcomer, scheduler, need)     # predicted peak 324 tokens > 300 of cache
+    scheduler.blocked_on_memory = True
+    for _ in range(10):
+        policy.observe(scheduler)
+    assert policy.pad_scale == -1.0                          # shrank below zero, stopped at min_scale
+    assert policy.admits(newcomer, scheduler, need)          # over-booked by the pooled uncertainty

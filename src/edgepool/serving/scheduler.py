@@ -11,7 +11,8 @@ Policies (see docs/readme/serving.md for the sources):
   (c) `padding`     CacheOPT-style confidence-aware padding: book prompt + predicted length and admit only while
                     the predicted peak of all bookings plus a padding that grows as the predictor's confidence
                     falls (pooled over running requests) fits; the padding factor is tuned online from
-                    memory pressure. Bookings are not pinned, so booked-but-unused blocks serve others.
+                    memory pressure and what preemptions cost (negative: over-booking, when they are
+                    cheap). Bookings are not pinned, so booked-but-unused blocks serve others.
   (d) `padding-cost` (c) plus cost-based preemption: the victim is the request with the longest predicted
                     remaining work, preempted by recompute or swap, whichever the cost model says is cheaper
                     at the current load and host-pool occupancy; the waiting queue is ordered by highest
@@ -77,6 +78,7 @@ class SchedulerStats:
     preempt_swap: int = 0
     recomputed_tokens: int = 0
     swapped_blocks: int = 0
+    preempt_cost_s: float = 0.0        # what the chosen preemptions cost by the cost model (re-prefill or copies)
     kv_token_util_sum: float = 0.0     # tokens actually stored / device token capacity, summed over steps
     kv_block_util_sum: float = 0.0     # blocks allocated (incl. reserved) / device blocks, summed over steps
 
@@ -88,6 +90,7 @@ class SchedulerStats:
             "preemptions_swap": self.preempt_swap,
             "recomputed_tokens": self.recomputed_tokens,
             "swapped_blocks": self.swapped_blocks,
+            "preemption_cost_s": self.preempt_cost_s,
             "kv_utilization": self.kv_token_util_sum / steps,
             "kv_block_occupancy": self.kv_block_util_sum / steps,
         }
@@ -150,20 +153,23 @@ class PaddingPolicy(Policy):
     the pool is `pad_scale * sqrt(sum of padding^2)`, which covers the same risk as per-request padding
     with far less idle memory.
 
-    `pad_scale` is tuned online from memory pressure: it grows when a preemption happens (padding was
-    too thin) and shrinks while requests wait at the door although the cache is not full.
+    `pad_scale` is tuned online from memory pressure and preemption cost (see `observe`): it grows by what
+    each preemption cost, in steps, and shrinks while requests wait at the door although the cache is not
+    full, down to `min_scale` < 0 (over-booking) when preemptions stay cheap.
     """
 
     name = "padding"
     uses_predictor = True
 
-    def __init__(self, pad_scale: float = 1.0, min_scale: float = 0.0, max_scale: float = 3.0,
-                 grow_step: float = 0.1, shrink_step: float = 0.01, order: str = "fcfs"):
+    def __init__(self, pad_scale: float = 1.0, min_scale: float = -1.0, max_scale: float = 3.0,
+                 grow_step: float = 0.1, shrink_step: float = 0.01, idle_fraction: float = 0.05,
+                 order: str = "fcfs"):
         if order not in ("fcfs", "hrrn"):
             raise SpecError(field="order", value=order, accepted="fcfs, hrrn")
         self.pad_scale, self.min_scale, self.max_scale = pad_scale, min_scale, max_scale
         self.grow_step, self.shrink_step, self.order = grow_step, shrink_step, order
-        self._last_preemptions = 0
+        self.idle_fraction = idle_fraction
+        self._last_preemptions, self._last_cost_s = 0, 0.0
 
     def next_waiting(self, scheduler: "Scheduler") -> Request:
         """FCFS, or highest response ratio next: (waited + predicted service) / predicted service.
@@ -224,14 +230,29 @@ class PaddingPolicy(Policy):
         return self.predicted_peak_tokens(group, blocks.block_size) + pool <= scheduler.capacity_tokens
 
     def observe(self, scheduler: "Scheduler") -> None:
-        preemptions = scheduler.stats.preempt_recompute + scheduler.stats.preempt_swap
+        """Grow the padding by what preemptions cost, shrink it while memory idles and requests wait.
+
+        A preemption grows `pad_scale` by `grow_step` per step's worth of time it costs by the cost model
+        (a swap over a fast host link costs a fraction of a step, a re-prefill of a long request several
+        steps); without a cost model every preemption counts as one step. While requests wait at the door
+        although more than `idle_fraction` of the cache is free, the scale shrinks by `shrink_step` a step, below
+        zero if preemptions stay cheap: a negative scale over-books by that share of the pooled uncertainty,
+        as vLLM over-commits, betting that the overruns can be preempted cheaply.
+        """
+        stats = scheduler.stats
+        preemptions = stats.preempt_recompute + stats.preempt_swap
         if preemptions > self._last_preemptions:
-            self.pad_scale += self.grow_step * (preemptions - self._last_preemptions)
+            step = scheduler.mean_step_time
+            if scheduler.cost is not None and step > 0:
+                cost_in_steps = (stats.preempt_cost_s - self._last_cost_s) / step
+            else:
+                cost_in_steps = float(preemptions - self._last_preemptions)
+            self.pad_scale += self.grow_step * cost_in_steps
         elif (scheduler.waiting and scheduler.blocked_on_memory
-              and scheduler.blocks.num_free > scheduler.blocks.num_blocks // 10):
+              and scheduler.blocks.num_free > self.idle_fraction * scheduler.blocks.num_blocks):
             self.pad_scale -= self.shrink_step
         self.pad_scale = min(max(self.pad_scale, self.min_scale), self.max_scale)
-        self._last_preemptions = preemptions
+        self._last_preemptions, self._last_cost_s = preemptions, stats.preempt_cost_s
 
     def describe(self) -> dict:
         return {"policy": self.name, "pad_scale": round(self.pad_scale, 3), "order": self.order}
@@ -257,19 +278,8 @@ class CostAwarePolicy(PaddingPolicy):
         return max(candidates, key=lambda r: (remaining(r), r.arrival_time, r.request_id))
 
     def preempt_mode(self, victim: Request, scheduler: "Scheduler", plan: StepPlan) -> str:
-        cost = scheduler.cost
-        blocks = scheduler.blocks
-        if cost is None or victim.num_computed == 0 or not blocks.can_swap_out(victim.request_id, victim.num_computed):
-            return "recompute"
-        # Recompute: the victim's tokens re-enter a later batch as prefill; its marginal cost is what those
-        # tokens add to a step of the current size (nearly free while steps are memory-bound, full price once
-        # compute-bound). Swap: its blocks go out now and come back later over the host link.
-        batch_tokens, batch_requests, context = plan.compute_tokens, len(plan.batch), plan.context_tokens
-        base = cost.step_time(max(batch_tokens, 1), max(batch_requests, 1), context)
-        recompute = cost.step_time(batch_tokens + victim.total_tokens, batch_requests + 1,
-                                   context + victim.total_tokens) - base
-        swap = 2.0 * cost.copy_time(blocks.blocks_for(victim.num_computed))
-        return "swap" if swap < recompute else "recompute"
+        recompute, swap = scheduler.preemption_costs(victim, plan)
+        return "swap" if swap is not None and swap < recompute else "recompute"
 
 
 class CostAwareFcfsPolicy(CostAwarePolicy):
@@ -378,8 +388,31 @@ class Scheduler:
         self.stats.kv_block_util_sum += self.blocks.num_used / self.blocks.num_blocks
         return plan
 
+    def preemption_costs(self, victim: Request, plan: StepPlan) -> tuple[float, float | None]:
+        """Seconds a recompute and a swap of `victim` would cost now (swap None: not possible).
+
+        Recompute: the victim's tokens re-enter a later batch as prefill; its cost is what those tokens add
+        to a step of the current size (little while steps are memory-bound, full price once compute-bound).
+        Swap: its blocks go out now and come back later over the host link. Without a cost model both are
+        unknown: recompute counts as 0 and swap as impossible.
+        """
+        if self.cost is None or victim.num_computed == 0:
+            return 0.0, None
+        batch_tokens, batch_requests, context = plan.compute_tokens, len(plan.batch), plan.context_tokens
+        base = self.cost.step_time(max(batch_tokens, 1), max(batch_requests, 1), context)
+        recompute = self.cost.step_time(batch_tokens + victim.total_tokens, batch_requests + 1,
+                                        context + victim.total_tokens) - base
+        if not self.blocks.can_swap_out(victim.request_id, victim.num_computed):
+            return recompute, None
+        return recompute, 2.0 * self.cost.copy_time(self.blocks.blocks_for(victim.num_computed))
+
     def _preempt(self, victim: Request, plan: StepPlan) -> None:
         mode = self.policy.preempt_mode(victim, self, plan)
+        if mode == "swap" and not (victim.num_computed and self.blocks.can_swap_out(victim.request_id,
+                                                                                   victim.num_computed)):
+            mode = "recompute"          # nothing to swap, or the host pool cannot take it
+        recompute_cost, swap_cost = self.preemption_costs(victim, plan)
+        self.stats.preempt_cost_s += (swap_cost or 0.0) if mode == "swap" else recompute_cost
         self.running.remove(victim)
         if victim in plan.batch:
             plan.batch.remove(victim)
