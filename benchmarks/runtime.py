@@ -57,7 +57,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                 exp.run(comparisons[p], steps=steps, command="edgepool bench runtime")
                 measured[p].append(comparisons[p].measured.throughput)
         launcher = exp.describe_launcher()
-        host = exp.host.to_dict()
+        host = exp.host.to_dict() | {"quota_efficiency": exp.quota_efficiency}
     throughput = {p: statistics.median(v) for p, v in measured.items()}
     simulated = {p: comparisons[p].simulated.throughput for p in PLANNERS}
     error = {p: abs(simulated[p] - throughput[p]) / throughput[p] for p in PLANNERS}

@@ -123,3 +123,11 @@ def test_print_launch_writes_the_spec_and_one_torchrun_command_per_host(tmp_path
     lines = [l for l in result.output.splitlines() if l.startswith("EDGEPOOL_DEVICE=")]
     assert len(lines) == 2 and all("--master-addr=192.168.1.10" in l for l in lines)
     assert (tmp_path / "plan-run.json").is_file()
+
+
+@pytest.mark.slow
+def test_message_probe_measures_a_small_positive_cpu_cost():
+    from edgepool.runtime.message_probe import measure_message_cpu_s
+
+    cost = measure_message_cpu_s(4096, rounds=30)
+    assert 1e-6 < cost < 0.05  # tens of microseconds to a millisecond per message on a CPU host

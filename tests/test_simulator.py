@@ -166,3 +166,50 @@ def test_gantt_and_pareto_are_written(tmp_path):
     assert out.stat().st_size > 1000
     assert pareto_front([(1, 1), (2, 3), (3, 2)]) == [0, 1]
     assert draw_pareto([(1, 1, "a"), (2, 3, "b"), (3, 2)], tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_tied_parameters_are_all_reduced_between_the_stages_that_share_them():
+    # 3 layers, the first and last share 4 MB of weights (a tied embedding and head) over 1 MB/s links
+    from edgepool.profile import SharedParameters
+
+    prof, cl = profile(3), cluster(3, bandwidth=1e6)
+    prof.layers[0].param_bytes = 4_000_000
+    prof.shared = [SharedParameters(blocks=(0, 2), param_bytes=4_000_000)]
+    plan = pipeline_plan(3, 1, "1f1b")
+    report = simulate(plan, cl, CostModel(optimizer="sgd"), prof)
+    ring = 2 * (2 - 1) / 2 * 4_000_000 / 1e6  # two-member ring all-reduce: 4 s
+    assert spans(report, "d0", "allreduce") == spans(report, "d2", "allreduce")
+    (start, end), = spans(report, "d0", "allreduce")
+    assert end - start == pytest.approx(ring)
+    assert start == pytest.approx(max(e for _, e in spans(report, "d0", "bwd")))  # d0 finishes last
+    assert spans(report, "d1", "allreduce") == []  # the middle stage holds none of them
+    assert report.iteration_time_s == pytest.approx(estimate(plan, prof, CostModel(optimizer="sgd"), cl).iteration_time_s)
+    untied = simulate(plan, cl, CostModel(optimizer="sgd"), profile(3))
+    assert report.iteration_time_s > untied.iteration_time_s + ring - 0.1  # optimizer on 4 MB adds a little
+
+
+def test_profiles_record_tied_embedding_and_head():
+    from edgepool.models import build_model
+    from edgepool.profile import profile_model
+
+    bundle = build_model("gpt2-tiny", meta=False)
+    prof = profile_model(bundle, batch=1, seq=8)
+    (group,) = prof.shared
+    assert group.blocks == (0, len(bundle.blocks) - 1)
+    wte = bundle.hf_model.get_input_embeddings().weight
+    assert group.param_bytes == wte.numel() * wte.element_size()
+
+
+def test_message_overhead_is_charged_per_pass_and_neighbour():
+    # 3 stages: the middle one receives and sends on each pass (2 messages), the ends one each
+    from edgepool.planners.costing import pipeline_costs
+
+    prof, cl, plan = profile(3), cluster(3), pipeline_plan(3, 2, "1f1b")
+    base = pipeline_costs(plan, prof, CostModel(), cl)[0].stages
+    overhead = CostModel(message_overhead_s={"d0": 0.1, "d1": 0.1, "d2": 0.1})
+    charged = pipeline_costs(plan, prof, overhead, cl)[0].stages
+    extra = [round(c.fwd_s - b.fwd_s, 9) for c, b in zip(charged, base)]
+    assert extra == [0.1, 0.2, 0.1]
+    assert [round(c.bwd_s - b.bwd_s, 9) for c, b in zip(charged, base)] == extra
+    slower = simulate(plan, cl, CostModel(message_overhead_s={"d1": 0.1}), prof)
+    assert slower.iteration_time_s > simulate(plan, cl, CostModel(), prof).iteration_time_s

@@ -112,3 +112,16 @@ def test_starting_a_testbed_where_it_cannot_run_says_why_and_leaves_nothing(monk
         with testbed:
             pass
     assert not testbed._prev_handlers  # signal handlers were not left installed
+
+
+def test_cfs_period_is_short_unless_the_quota_would_fall_under_the_kernel_floor():
+    from edgepool.testbed.cgroups import MIN_QUOTA_US, DeviceCgroup
+
+    quarter = DeviceCgroup("q", cpu_cores=0.25, memory_bytes=None)
+    assert (quarter.period_us, quarter.quota_us) == (10_000, 2_500)
+    whole = DeviceCgroup("w", cpu_cores=1.0, memory_bytes=None)
+    assert whole.quota_us == whole.period_us == 10_000
+    tiny = DeviceCgroup("t", cpu_cores=0.02, memory_bytes=None)  # 0.02 x 10 ms would be 0.2 ms
+    assert tiny.quota_us == MIN_QUOTA_US and tiny.quota_us / tiny.period_us == pytest.approx(0.02)
+    slowest = DeviceCgroup("s", cpu_cores=0.005, memory_bytes=None)
+    assert slowest.period_us == 100_000 and slowest.quota_us == MIN_QUOTA_US  # clamped at the floor

@@ -23,6 +23,9 @@ class CostModel:
     optimizer: str = "adam"
     efficiency: dict[str, float] = field(default_factory=dict)  # device name -> calibrated efficiency
     layer_overhead_s: dict[str, float] = field(default_factory=dict)  # device name -> fixed cost per layer pass
+    # device name -> CPU time one point-to-point message costs its sender and its receiver (framework, gloo
+    # threads, kernel): a pipeline stage pays it per micro-batch and neighbour, on top of its layers
+    message_overhead_s: dict[str, float] = field(default_factory=dict)
     runtime_overhead_bytes: int = 0  # per process: framework, allocator slack (tests and testbed set it)
 
     def __post_init__(self):

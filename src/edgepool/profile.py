@@ -31,6 +31,14 @@ class LayerProfile:
 
 
 @dataclass
+class SharedParameters:
+    """Parameters several blocks use (GPT-2's embedding and head): their gradient is summed over every device
+    holding one of those blocks. `param_bytes` of the first block counts them; the others count 0."""
+    blocks: tuple[int, ...]
+    param_bytes: int
+
+
+@dataclass
 class ModelProfile:
     model: str
     batch: int
@@ -39,6 +47,7 @@ class ModelProfile:
     dtype_bytes: int = 4
     measured_on: str | None = None
     notes: dict = field(default_factory=dict)
+    shared: list[SharedParameters] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -62,6 +71,7 @@ class ModelProfile:
         return {
             "model": self.model, "batch": self.batch, "seq": self.seq, "dtype_bytes": self.dtype_bytes,
             "measured_on": self.measured_on, "notes": self.notes,
+            "shared": [asdict(g) for g in self.shared],
             "total_fwd_flops": self.total_fwd_flops, "total_bwd_flops": self.total_bwd_flops,
             "total_param_bytes": self.total_param_bytes,
             "layers": [asdict(l) for l in self.layers],
@@ -74,7 +84,29 @@ class ModelProfile:
     def from_dict(cls, d: dict) -> "ModelProfile":
         return cls(model=d["model"], batch=d["batch"], seq=d.get("seq"), dtype_bytes=d.get("dtype_bytes", 4),
                    measured_on=d.get("measured_on"), notes=d.get("notes", {}),
+                   shared=[SharedParameters(tuple(g["blocks"]), g["param_bytes"]) for g in d.get("shared", [])],
                    layers=[LayerProfile(**l) for l in d["layers"]])
+
+
+def parameter_blocks(blocks: nn.Sequential) -> dict[str, set[int]]:
+    """Canonical parameter name -> indices of the blocks that use it (tied weights appear in several)."""
+    name_of = {id(p): name for name, p in blocks.named_parameters()}
+    used: dict[str, set[int]] = {name: set() for name in name_of.values()}
+    for index, block in enumerate(blocks):
+        for p in block.parameters():
+            used[name_of[id(p)]].add(index)
+    return used
+
+
+def shared_parameters(blocks: nn.Sequential) -> list[SharedParameters]:
+    """Bytes of the parameters used by more than one block, grouped by the blocks that use them."""
+    sizes = {name: p.numel() * p.element_size() for name, p in blocks.named_parameters()}
+    groups: dict[tuple[int, ...], int] = {}
+    for name, used in parameter_blocks(blocks).items():
+        if len(used) > 1:
+            key = tuple(sorted(used))
+            groups[key] = groups.get(key, 0) + sizes[name]
+    return [SharedParameters(blocks, nbytes) for blocks, nbytes in sorted(groups.items())]
 
 
 def _unique_param_bytes(module: nn.Module, seen: set[int]) -> int:
@@ -169,4 +201,5 @@ def profile_model(bundle: ModelBundle, batch: int = 1, seq: int | None = None, m
     if measure:
         import platform
         measured_on = f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} torch threads)"
-    return ModelProfile(model=bundle.name, batch=batch, seq=seq, layers=layers, measured_on=measured_on)
+    return ModelProfile(model=bundle.name, batch=batch, seq=seq, layers=layers, measured_on=measured_on,
+                        shared=shared_parameters(bundle.blocks))

@@ -5,8 +5,9 @@ then one backward per forward, then the remaining backwards; GPipe: all forwards
 reverse). Activations and their gradients move over the links between consecutive groups; a directed
 boundary is one channel (links are full duplex) unless it crosses a shared medium, whose capacity every
 transfer on it shares (transfers on one medium take turns at its full rate). After its last backward a
-stage all-reduces its gradients inside its group, then, with several pipelines, the whole model's gradients
-are all-reduced across pipelines, then every device steps its optimizer. Every duration comes from the
+stage all-reduces its gradients inside its group; parameters several stages share (a tied embedding and
+head) are all-reduced among those stages' devices; with several pipelines the whole model's gradients are
+then all-reduced across pipelines; then every device steps its optimizer. Every duration comes from the
 same functions the planners' estimate uses (`edgepool.planners.costing`); the simulator composes them as
 events instead of a closed form. Peak memory counts the micro-batches a stage really holds in flight in
 the replayed order; a plan that exceeds any device's memory is reported infeasible, never run.
@@ -25,7 +26,7 @@ from edgepool.device import Device
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.planners.costing import (LinkCache, cross_pipeline_allreduce, device_mode, memory_per_device,
-                                       memory_problem, pipeline_costs)
+                                       memory_problem, pipeline_costs, shared_gradient_syncs)
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
 
@@ -224,15 +225,24 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
                                devices={d: so.allreduce_s for d in stage.devices}))
             last_ops.append(last)
             optimizer_after.append((p, s, last))
+    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
+    last_of = {(p, s): last for p, s, last in optimizer_after}
+    extra_deps: dict[tuple[int, int], list[int]] = {}
+    for k, sync in enumerate(syncs):  # tied parameters: once every stage using them is done
+        op = add(_Op("allreduce", sync.medium or ("shared", k), sync.seconds, [last_of[x] for x in sync.stages], -1,
+                     devices={d: sync.seconds for d in sync.devices}))
+        last_ops.append(op)
+        for x in sync.stages:
+            extra_deps.setdefault(x, []).append(op)
     cross_id = None
     if not single:
-        cross = cross_pipeline_allreduce(plan, profile, cost_model, links)
+        cross = cross_pipeline_allreduce(plan, profile, cost_model, links, sum(x.nbytes for x in syncs))
         cross_id = add(_Op("allreduce", ("cross",), cross, list(last_ops), -1,
                            devices={d: cross for d in plan.devices}))
     for p, s, last in optimizer_after:
         so = costs[p].stages[s]
-        dep = cross_id if cross_id is not None else last
-        op = add(_Op("optimizer", ("stage", p, s), max(so.optimizer.values()), [dep], p, s,
+        deps = [cross_id] if cross_id is not None else [last, *extra_deps.get((p, s), [])]
+        op = add(_Op("optimizer", ("stage", p, s), max(so.optimizer.values()), deps, p, s,
                      devices=dict(so.optimizer)))
         programs[("stage", p, s)].append(op)
     _run(ops, programs)

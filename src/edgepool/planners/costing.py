@@ -120,16 +120,21 @@ class StageOps:
 
 
 def stage_op_times(profile: ModelProfile, cost_model: CostModel, cluster: Cluster, stage: StagePlan,
-                   microbatch: float, links: LinkCache | None = None) -> StageOps:
+                   microbatch: float, links: LinkCache | None = None, synced_elsewhere: float = 0.0,
+                   neighbours: int = 0) -> StageOps:
+    """`synced_elsewhere`: gradient bytes of the stage's shared parameters, all-reduced with the other
+    stages that use them (`shared_gradient_syncs`) instead of inside this stage's group. `neighbours`:
+    adjacent stages (0-2); each pass receives from one and sends to the other, paying the message overhead."""
     links = links or LinkCache(cluster)
     start, end = stage.layers
     fwd, bwd, opt = {}, {}, {}
     for name, share in zip(stage.devices, stage.shares):
         device, mode = cluster.devices[name], device_mode(cluster, name)
-        fwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "fwd", mode=mode)
-        bwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "bwd", mode=mode)
+        messages = neighbours * cost_model.message_overhead_s.get(name, 0.0)
+        fwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "fwd", mode=mode) + messages
+        bwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "bwd", mode=mode) + messages
         opt[name] = optimizer_time(cost_model, profile, start, end, device, mode)
-    nbytes = gradient_bytes(profile, start, end, cost_model)
+    nbytes = gradient_bytes(profile, start, end, cost_model) - synced_elsewhere
     ar, medium = group_allreduce(stage.devices, nbytes, links)
     return StageOps(fwd, bwd, opt, ar, medium, nbytes)
 
@@ -200,10 +205,43 @@ def boundary_transfer(senders: list[str], send_shares: list[float], receivers: l
     return latency + duration, medium
 
 
+@dataclass
+class SharedSync:
+    """One all-reduce of shared parameters' gradients among every device of the stages that use them
+    (the runtime's bucket for that set of ranks)."""
+    stages: list[tuple[int, int]]  # (pipeline, stage)
+    first_block: int
+    devices: list[str]
+    nbytes: float
+    seconds: float
+    medium: str | None
+
+
+def shared_gradient_syncs(plan: Plan, profile: ModelProfile, cost_model: CostModel,
+                          links: LinkCache) -> list[SharedSync]:
+    """Shared parameters (tied embedding and head) whose blocks fall in more than one stage."""
+    syncs = []
+    for group in profile.shared:
+        stages = [(p, s) for p, pipe in enumerate(plan.pipelines) for s, stage in enumerate(pipe.stages)
+                  if any(stage.layers[0] <= b < stage.layers[1] for b in group.blocks)]
+        if len(stages) < 2:
+            continue  # inside one stage: its group's all-reduce covers them
+        devices = list(dict.fromkeys(d for p, s in stages for d in plan.pipelines[p].stages[s].devices))
+        nbytes = group.param_bytes * byte_scale(cost_model)
+        seconds, medium = group_allreduce(devices, nbytes, links)
+        syncs.append(SharedSync(stages, min(group.blocks), devices, nbytes, seconds, medium))
+    return syncs
+
+
+def synced_elsewhere(stage: StagePlan, syncs: list[SharedSync]) -> float:
+    """Gradient bytes a stage's own all-reduce leaves to `syncs` (the first user's `param_bytes` counts them)."""
+    return sum(x.nbytes for x in syncs if stage.layers[0] <= x.first_block < stage.layers[1])
+
+
 def cross_pipeline_allreduce(plan: Plan, profile: ModelProfile, cost_model: CostModel,
-                             links: LinkCache) -> float:
+                             links: LinkCache, synced_elsewhere: float = 0.0) -> float:
     """All-reduce of the whole model's gradients among pipelines (one leader per pipeline), over the
-    slowest link between pipeline leaders."""
+    slowest link between pipeline leaders; shared parameters synced by a `SharedSync` are left out."""
     n = len(plan.pipelines)
     if n <= 1:
         return 0.0
@@ -212,7 +250,8 @@ def cross_pipeline_allreduce(plan: Plan, profile: ModelProfile, cost_model: Cost
     capacity = links.capacity(link)
     if capacity is not None:
         link = Link(min(link.bandwidth, capacity / n), link.latency_s, link.medium)
-    return CostModel.allreduce_time(gradient_bytes(profile, 0, len(profile), cost_model), n, link)
+    return CostModel.allreduce_time(gradient_bytes(profile, 0, len(profile), cost_model) - synced_elsewhere, n,
+                                    link)
 
 
 def in_flight(schedule: str, stage_index: int, num_stages: int, microbatches: int) -> int:
@@ -259,10 +298,13 @@ class Estimate:
 def pipeline_costs(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: Cluster,
                    links: LinkCache | None = None) -> list[PipelineCost]:
     links = links or LinkCache(cluster)
+    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
     out = []
     for pipe in plan.pipelines:
         mb = microbatch_size(plan, pipe)
-        ops = [stage_op_times(profile, cost_model, cluster, s, mb, links) for s in pipe.stages]
+        last = len(pipe.stages) - 1
+        ops = [stage_op_times(profile, cost_model, cluster, s, mb, links, synced_elsewhere(s, syncs),
+                              neighbours=(k > 0) + (k < last)) for k, s in enumerate(pipe.stages)]
         fwd_c, bwd_c, media = [], [], []
         for a, b in zip(pipe.stages, pipe.stages[1:]):
             nbytes = activation_bytes(profile, a.layers[1], mb, cost_model)
@@ -308,14 +350,17 @@ def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: 
     in flight);
     1F1B takes sum(F + B) + sum(Cf + Cb) + (M - 1) tau; GPipe does the forward wave then the backward wave.
     Stage s finishes its last backward sum_{k<s}(B_k + Cb_k) before the pipeline ends, then all-reduces
-    its gradients in its group and steps its optimizer; with several pipelines the whole model's gradients
-    are also all-reduced across pipelines before the optimizer step."""
+    its gradients in its group and steps its optimizer; parameters shared by several stages (a tied
+    embedding and head) are all-reduced among those stages' devices once all of them are done; with several
+    pipelines the whole model's gradients are also all-reduced across pipelines before the optimizer step."""
     links = links or LinkCache(cluster)
     costs = pipeline_costs(plan, profile, cost_model, cluster, links)
+    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
     M = plan.microbatches
     ends, bottleneck, opt_max = [], 0.0, 0.0
+    finish_of: dict[tuple[int, int], float] = {}
     single = len(plan.pipelines) == 1
-    for pc in costs:
+    for p, pc in enumerate(costs):
         F = [o.fwd_s for o in pc.stages]
         B = [o.bwd_s for o in pc.stages]
         media_load: dict[str, float] = {}
@@ -340,13 +385,18 @@ def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: 
         end = 0.0
         for s, ops in enumerate(pc.stages):
             finish = total - sum(B[:s]) - sum(pc.bwd_comm[:s])
+            finish_of[(p, s)] = finish + ops.allreduce_s
             opt = max(ops.optimizer.values())
             opt_max = max(opt_max, opt)
             end = max(end, finish + ops.allreduce_s + (opt if single else 0.0))
         ends.append(end)
+    for sync in syncs:  # after every stage using the shared parameters, then their optimizer steps
+        opt = max(max(costs[p].stages[s].optimizer.values()) for p, s in sync.stages) if single else 0.0
+        ends.append(max(finish_of[k] for k in sync.stages) + sync.seconds + opt)
     iteration = max(ends)
     if not single:
-        iteration += cross_pipeline_allreduce(plan, profile, cost_model, links) + opt_max
+        iteration += cross_pipeline_allreduce(plan, profile, cost_model, links,
+                                              sum(x.nbytes for x in syncs)) + opt_max
     memory = memory_per_device(plan, profile, cost_model)
     limits = {d: float(cluster.devices[d].memory_bytes) for d in memory}
     reason = memory_problem(memory, cluster)

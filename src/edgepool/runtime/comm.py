@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edgepool.profile import parameter_blocks
 from edgepool.runtime.layout import Layout
 
 
@@ -23,16 +24,6 @@ from edgepool.runtime.layout import Layout
 class GradientBucket:
     ranks: tuple[int, ...]
     params: tuple[str, ...]  # canonical names in the full model (`blocks.named_parameters()`)
-
-
-def parameter_blocks(blocks: nn.Sequential) -> dict[str, set[int]]:
-    """Canonical parameter name -> indices of the blocks that use it (tied weights appear in several)."""
-    name_of = {id(p): name for name, p in blocks.named_parameters()}
-    used: dict[str, set[int]] = {name: set() for name in name_of.values()}
-    for index, block in enumerate(blocks):
-        for p in block.parameters():
-            used[name_of[id(p)]].add(index)
-    return used
 
 
 def gradient_buckets(blocks: nn.Sequential, layout: Layout) -> list[GradientBucket]:

@@ -62,17 +62,23 @@ class Experiment:
     def __post_init__(self):
         self.launcher = None
         self.host: HostCalibration | None = None
+        self.quota_efficiency: dict[str, float] | None = None  # testbed only: measured fraction of each quota
         self.emulated: Cluster | None = None
         self.cost_model = None
 
     # -- lifecycle: the testbed (namespaces, cgroups) lives between start() and close()
     def start(self) -> "Experiment":
+        self.launcher = make_run_launcher(self.launcher_kind, self.cluster, **self.testbed_options)
+        self.launcher.__enter__()
         bundle = build_bundle(self.model)
         self.host = calibrate_host(bundle, self.calibration_batch or min(self.batch, 8), self.seq,
                                    optimizer=self.optimizer)
-        self.launcher = make_run_launcher(self.launcher_kind, self.cluster, **self.testbed_options)
-        self.launcher.__enter__()
-        self.emulated = emulated_cluster(self.cluster, self.describe_launcher(), self.host)
+        if hasattr(self.launcher, "cgroups"):  # the testbed: how fast each device is under its quota
+            from edgepool.runtime.speed_probe import measure_quota_efficiency
+
+            self.quota_efficiency = measure_quota_efficiency(self.launcher, self.model, max(1, self.batch // 4),
+                                                             self.seq)
+        self.emulated = emulated_cluster(self.cluster, self.describe_launcher(), self.host, self.quota_efficiency)
         self.cost_model = emulated_cost_model(self.emulated, self.host, self.optimizer)
         return self
 
@@ -122,8 +128,8 @@ class Experiment:
         comparison.measured, comparison.run_dir = outcome.report, outcome.run_dir
         outcome.report.metrics["simulated_throughput"] = comparison.simulated.throughput
         outcome.report.metrics["simulator_error"] = comparison.error
-        outcome.report.metrics["emulation"] = {"host": self.host.to_dict(),
-                                               "cluster": self.emulated.name}
+        outcome.report.metrics["emulation"] = {"host": self.host.to_dict(), "cluster": self.emulated.name,
+                                               "quota_efficiency": self.quota_efficiency}
         return outcome
 
 

@@ -181,6 +181,8 @@ def build_report(plan: Plan, cluster: Cluster | None, results: list[dict], batch
             "p2p_bytes_per_iteration": sum(r["bytes_sent"] for r in results) / steps,
             "allreduce_bytes_per_iteration": {r["device"]: r["allreduce_bytes"] for r in results},
             "max_rss_bytes": {r["device"]: r["max_rss_bytes"] for r in results},
+            "cpu_s_per_iteration": {r["device"]: sum(r["iteration_cpu_s"][warmup:]) / max(steps - warmup, 1)
+                                    for r in results if r.get("iteration_cpu_s")},
             "busy_definition": "fwd + bwd + optimizer time per timed iteration (waiting on messages excluded)",
             "energy": "modelled: catalog idle/max power of each device x measured busy/idle time per iteration",
             "timeline_clock": "time.time() of each worker, relative to the first worker's start",

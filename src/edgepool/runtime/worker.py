@@ -135,6 +135,7 @@ class StageWorker:
         self.losses: list[float] = []
         self.iteration_ends: list[float] = []
         self.iteration_starts: list[float] = []
+        self.iteration_cpu_s: list[float] = []  # CPU seconds of this process (all threads) per iteration
         self._sends: list[tuple[Any, float, int, str]] = []
         self.bytes_sent = 0
 
@@ -189,6 +190,7 @@ class StageWorker:
     def run_iteration(self, step: int) -> None:
         self.recorder.iteration = step
         self.iteration_starts.append(time.time())
+        cpu_start = time.process_time()
         inputs = targets = None
         if self.is_first or self.is_last:
             inputs, targets = step_batch(self.bundle, self.layout.batch, self.seq, self.spec.data_seed, step)
@@ -217,6 +219,7 @@ class StageWorker:
         self.recorder.sample_memory()
         self.losses.append(loss_total)
         self.iteration_ends.append(time.time())
+        self.iteration_cpu_s.append(time.process_time() - cpu_start)
 
     def _forward(self, action: Action, inputs, targets, saved) -> float:
         mb = action.microbatch
@@ -319,6 +322,7 @@ class StageWorker:
             "device": self.device, "rank": self.rank, "pipeline": self.role.pipeline, "stage": self.role.stage,
             "layers": list(self.block_range), "t0": self.t0, "events": self.recorder.events,
             "iteration_starts": self.iteration_starts, "iteration_ends": self.iteration_ends,
+            "iteration_cpu_s": self.iteration_cpu_s,
             "losses": self.losses if self.is_last else [], "peak_rss_bytes": self.recorder.peak_rss,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "bytes_sent": self.bytes_sent, "allreduce_bytes": self.grad_sync.bytes_per_iteration,

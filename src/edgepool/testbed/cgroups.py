@@ -14,8 +14,17 @@ from pathlib import Path
 
 from edgepool.testbed.system import CGROUP_ROOT, CONTROLLERS
 
-CFS_PERIOD_US = 100_000
+# A short CFS period makes a quota a fine-grained duty cycle: with the kernel's default 100 ms, a quarter-core
+# device computes at full speed for 25 ms and then sits throttled for 75 ms, stalling every pipeline hand-off
+# that lands in the gap. 10 ms keeps those stalls below the micro-batch times; the period only grows where
+# the kernel's 1 ms floor on the quota needs it (devices below a tenth of a core).
+SHORT_CFS_PERIOD_US = 10_000
+MAX_CFS_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms per period
+# cgroup v1 cpu.shares of a device cgroup (the default is 1024, a plain process's weight): when other jobs
+# load the host, an emulated device still gets its whole quota, the quotas adding up to at most the host's
+# cores leave the rest to them.
+DEVICE_CPU_SHARES = 65_536
 
 
 def own_cgroup_dir(controller: str) -> Path:
@@ -44,9 +53,15 @@ class DeviceCgroup:
         return [self.path(c) / "cgroup.procs" for c in CONTROLLERS]
 
     @property
+    def period_us(self) -> int:
+        """The CFS period: short, unless the quota would fall under the kernel's 1 ms floor."""
+        needed = MIN_QUOTA_US / self.cpu_cores if self.cpu_cores > 0 else MAX_CFS_PERIOD_US
+        return int(min(MAX_CFS_PERIOD_US, max(SHORT_CFS_PERIOD_US, needed)))
+
+    @property
     def quota_us(self) -> int:
-        """CPU time per CFS period (100 ms) the device's processes may use."""
-        return max(MIN_QUOTA_US, int(round(self.cpu_cores * CFS_PERIOD_US)))
+        """CPU time per CFS period the device's processes may use."""
+        return max(MIN_QUOTA_US, int(round(self.cpu_cores * self.period_us)))
 
     @property
     def quota_file(self) -> Path:
@@ -56,7 +71,8 @@ class DeviceCgroup:
         """Make both cgroups; without `cpu_quota` the CPU stays unlimited until the quota file is written."""
         for controller in CONTROLLERS:
             self.path(controller).mkdir(exist_ok=True)
-        (self.path("cpu") / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (self.path("cpu") / "cpu.cfs_period_us").write_text(str(self.period_us))
+        (self.path("cpu") / "cpu.shares").write_text(str(DEVICE_CPU_SHARES))
         self.quota_file.write_text(str(self.quota_us if cpu_quota else -1))
         if self.memory_bytes is not None:
             (self.path("memory") / "memory.limit_in_bytes").write_text(str(int(self.memory_bytes)))
