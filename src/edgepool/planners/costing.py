@@ -131,8 +131,9 @@ def stage_op_times(profile: ModelProfile, cost_model: CostModel, cluster: Cluste
     for name, share in zip(stage.devices, stage.shares):
         device, mode = cluster.devices[name], device_mode(cluster, name)
         messages = neighbours * cost_model.message_overhead_s.get(name, 0.0)
-        fwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "fwd", mode=mode) + messages
-        bwd[name] = cost_model.layers_time(profile, start, end, device, share * microbatch, "bwd", mode=mode) + messages
+        rows = share * microbatch
+        fwd[name] = cost_model.layers_time(profile, start, end, device, rows, "fwd", mode=mode) + messages
+        bwd[name] = cost_model.layers_time(profile, start, end, device, rows, "bwd", mode=mode) + messages
         opt[name] = optimizer_time(cost_model, profile, start, end, device, mode)
     nbytes = gradient_bytes(profile, start, end, cost_model) - synced_elsewhere
     ar, medium = group_allreduce(stage.devices, nbytes, links)

@@ -148,4 +148,3 @@ def emulated_cost_model(emulated: Cluster, host: HostCalibration, optimizer: str
 def simulator_error(simulated: float, measured: float) -> float:
     """|sim - measured| / measured, the issue's definition."""
     return abs(simulated - measured) / measured
-

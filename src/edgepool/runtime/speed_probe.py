@@ -3,9 +3,9 @@
 A quota of c cores does not make a worker exactly c times as fast as a free core: a quarter-core device
 runs in 2.5 ms slices and finds its caches cold after every 7.5 ms pause, and every device's core is
 shared with the others' (measured on the 2-core build VM with four devices at 1, 0.5, 0.25 and 0.25
-core: each got 0.73-0.84 of its quota's worth). So, as one would profile real devices before planning, every device trains the model for a
-moment in its own cgroup, all at once as in a run, and its speed is the free core's times the measured
-fraction. `python -m edgepool.runtime.speed_probe JSON` is the device side.
+core: each got 0.5-0.97 of its quota's worth, varying run to run). So, as one would profile real devices
+before planning, every device trains the model for a moment in its own cgroup, all at once as in a run,
+and its speed is the free core's times the measured fraction. `python -m edgepool.runtime.speed_probe JSON` is the device side.
 """
 from __future__ import annotations
 
