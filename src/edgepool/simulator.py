@@ -168,7 +168,8 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
     if plan.kind != "training":
         raise SpecError(field="plan.kind", value=plan.kind, accepted="training")
     links = LinkCache(cluster)
-    costs = pipeline_costs(plan, profile, cost_model, cluster, links)
+    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
+    costs = pipeline_costs(plan, profile, cost_model, cluster, links, syncs)
     M, single = plan.microbatches, len(plan.pipelines) == 1
     ops: list[_Op] = []
     programs: dict[object, list[int]] = {}
@@ -225,7 +226,6 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
                                devices={d: so.allreduce_s for d in stage.devices}))
             last_ops.append(last)
             optimizer_after.append((p, s, last))
-    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
     last_of = {(p, s): last for p, s, last in optimizer_after}
     extra_deps: dict[tuple[int, int], list[int]] = {}
     for k, sync in enumerate(syncs):  # tied parameters: once every stage using them is done

@@ -297,9 +297,11 @@ class Estimate:
 
 
 def pipeline_costs(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: Cluster,
-                   links: LinkCache | None = None) -> list[PipelineCost]:
+                   links: LinkCache | None = None, syncs: list[SharedSync] | None = None) -> list[PipelineCost]:
+    """`syncs`: the plan's `shared_gradient_syncs`, when the caller has them already."""
     links = links or LinkCache(cluster)
-    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
+    if syncs is None:
+        syncs = shared_gradient_syncs(plan, profile, cost_model, links)
     out = []
     for pipe in plan.pipelines:
         mb = microbatch_size(plan, pipe)
@@ -355,8 +357,8 @@ def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: 
     embedding and head) are all-reduced among those stages' devices once all of them are done; with several
     pipelines the whole model's gradients are also all-reduced across pipelines before the optimizer step."""
     links = links or LinkCache(cluster)
-    costs = pipeline_costs(plan, profile, cost_model, cluster, links)
     syncs = shared_gradient_syncs(plan, profile, cost_model, links)
+    costs = pipeline_costs(plan, profile, cost_model, cluster, links, syncs)
     M = plan.microbatches
     ends, bottleneck, opt_max = [], 0.0, 0.0
     finish_of: dict[tuple[int, int], float] = {}

@@ -73,7 +73,7 @@ class Experiment:
         bundle = build_bundle(self.model)
         self.host = calibrate_host(bundle, self.calibration_batch or min(self.batch, 8), self.seq,
                                    optimizer=self.optimizer)
-        if hasattr(self.launcher, "cgroups"):  # the testbed: how fast each device is under its quota
+        if self.describe_launcher().get("launcher") == "testbed":  # how fast each device is under its quota
             from edgepool.runtime.speed_probe import measure_quota_efficiency
 
             self.quota_efficiency = measure_quota_efficiency(self.launcher, self.model, max(1, self.batch // 4),
