@@ -307,8 +307,9 @@ class ElasticRun:
                     time.sleep(max(0.0, s[2] + f.fraction * self._iteration_estimate() - time.time()))
                     t = time.time()
                     self._kill(f.device)
-                    self.events.append({"kind": "failure", "device": f.device, "step": f.step, "time": t,
-                                        "generation": g})
+                    in_step = self._started().get(f.device, s)[1]  # a busy host can poll late: say where it died
+                    self.events.append({"kind": "failure", "device": f.device, "step": in_step,
+                                        "requested_step": f.step, "time": t, "generation": g})
                     pending_fail.remove(f)
                     dead.append(f.device)
             for j in list(pending_join):  # the new device's process starts at once; it is let in from its step
