@@ -137,6 +137,7 @@ class StageWorker:
         self.iteration_starts: list[float] = []
         self.iteration_cpu_s: list[float] = []  # CPU seconds of this process (all threads) per iteration
         self._sends: list[tuple[Any, float, int, str]] = []
+        self._posted: dict[tuple[int, bool], tuple[list[torch.Tensor], list]] = {}  # (mb, backward) -> irecvs
         self.bytes_sent = 0
 
     # ------------------------------------------------------------------ setup helpers
@@ -197,6 +198,7 @@ class StageWorker:
         saved: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
         loss_total = 0.0
         actions = stage_actions(self.plan.schedule, self.num_stages, self.role.stage, self.plan.microbatches)
+        self._post_receives(actions)
         for action in actions:
             if action.kind == "fwd":
                 loss = self._forward(action, inputs, targets, saved)
@@ -271,8 +273,19 @@ class StageWorker:
         """Wait for one async message or collective; the elastic worker overrides this to abort on a peer's failure."""
         work.wait()
 
-    def _receive(self, mb: int, backward: bool) -> torch.Tensor:
-        """Rows of this device's slice of micro-batch `mb` from the neighbouring stage, in row order."""
+    def _post_receives(self, actions: list[Action]) -> None:
+        """Post every receive of the iteration up front: gloo's TCP pair sends a buffer only after the peer
+        has announced the matching receive, so a receive posted when the stage gets to it puts the whole
+        transfer on the stage's critical path (measured: ~11 ms per 128 KiB message at 100 Mbps after every
+        pass of the pi)."""
+        for action in actions:
+            backward = action.kind == "bwd"
+            r0, r1 = self.layout.device_rows(self.device, action.microbatch)
+            if r1 > r0 and not (self.is_last if backward else self.is_first):
+                self._posted[(action.microbatch, backward)] = self._post_receive(action.microbatch, backward)
+
+    def _post_receive(self, mb: int, backward: bool) -> tuple[list[torch.Tensor], list]:
+        """irecvs for the rows of this device's slice of micro-batch `mb` from the neighbouring stage."""
         if backward:
             transfers = [t for t in self.layout.transfers(self.role.pipeline, self.role.stage, mb)
                          if t.src == self.device]
@@ -281,12 +294,17 @@ class StageWorker:
             transfers = [t for t in self.layout.transfers(self.role.pipeline, self.role.stage - 1, mb)
                          if t.dst == self.device]
             peer_of, (shape, dtype) = (lambda t: t.src), self.in_shape
-        start = time.time()
         pieces, works = [], []
         for tr in sorted(transfers, key=lambda t: t.start):
             buf = torch.empty((tr.rows, *shape), dtype=dtype)
             works.append(dist.irecv(buf, src=self.rank_of[peer_of(tr)], tag=message_tag(mb, backward)))
             pieces.append(buf)
+        return pieces, works
+
+    def _receive(self, mb: int, backward: bool) -> torch.Tensor:
+        """This device's slice of micro-batch `mb`, in row order; the span recorded is the time blocked."""
+        pieces, works = self._posted.pop((mb, backward))
+        start = time.time()
         for w in works:
             self.wait_work(w)
         self.recorder.add("recv", start, time.time(), mb)
