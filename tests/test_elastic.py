@@ -127,12 +127,12 @@ def test_sigkill_mid_iteration_on_the_testbed_replays_matches_and_leaves_nothing
         pytest.skip(f"testbed unavailable: {reason}")
     from test_testbed_root import _assert_nothing_left, _device, _root_state
 
-    steps = 6
+    steps = 6  # paced, so that the supervisor polling the store over the bridge still kills inside step 3
     cluster = Cluster.uniform([_device(n, 10) for n in ("a", "b", "c")], bandwidth=1e8)
     root_before, sockets_before = _root_state(), _open_sockets()
     run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
                      failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS}, timeout_s=120,
-                     launcher="testbed", cluster=cluster)
+                     launcher="testbed", cluster=cluster, pace_s=0.3)
     out = run.run()
     tb = run.launcher
     assert isinstance(tb, Testbed) and out.where["launcher"] == "testbed"  # not a silent local fallback
