@@ -27,13 +27,15 @@ from pathlib import Path
 import torch
 
 
-def seconds_per_pass(bundle, batch: int, seq: int | None, passes: int) -> float:
-    """Wall seconds of one forward + backward of the whole model, averaged over `passes`."""
+def seconds_per_pass(bundle, batch: int, seq: int | None, passes: int, min_seconds: float = 0.0) -> float:
+    """Wall seconds of one forward + backward of the whole model, averaged over at least `passes` passes and
+    at least `min_seconds`."""
     x = bundle.example_input(batch, seq)
-    start = time.perf_counter()
-    for _ in range(passes):
+    done, start = 0, time.perf_counter()
+    while done < passes or time.perf_counter() - start < min_seconds:
         bundle.blocks(x).float().sum().backward()
-    return (time.perf_counter() - start) / passes
+        done += 1
+    return (time.perf_counter() - start) / done
 
 
 def measure_quota_efficiency(testbed, model, batch: int, seq: int | None, target_s: float = 0.5,
@@ -102,11 +104,7 @@ def _device_side(job: dict) -> float:
     while not (sync / "go").exists():
         time.sleep(0.005)
     apply_cpu_quota()
-    passes, begin = 0, time.perf_counter()
-    while passes < 3 or time.perf_counter() - begin < job["seconds"]:
-        seconds_per_pass(bundle, job["batch"], job["seq"], 1)
-        passes += 1
-    return (time.perf_counter() - begin) / passes
+    return seconds_per_pass(bundle, job["batch"], job["seq"], 3, min_seconds=job["seconds"])
 
 
 if __name__ == "__main__":
