@@ -195,7 +195,9 @@ class Finetuner:
             if method == "lora":
                 from peft import LoraConfig, get_peft_model
 
-                lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.0)
+                conv1d = self.backbone.model.config.model_type == "gpt2"  # GPT-2 stores (in, out) weights
+                lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.0,
+                                  fan_in_fan_out=conv1d)
                 self.backbone.model = get_peft_model(self.backbone.model, lora)
             else:
                 self.backbone.model.requires_grad_(True)

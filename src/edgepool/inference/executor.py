@@ -101,11 +101,13 @@ class InferenceProgram:
 
     # ------------------------------------------------------------------ one forward pass
     def _embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        # Positions continue after the tokens already cached; passed explicitly (a public argument in every
+        # transformers release) rather than through a version-specific "past length" keyword.
+        positions = torch.arange(self.past, self.past + ids.shape[1])
         if self.family == "gpt2":
-            positions = torch.arange(self.past, self.past + ids.shape[1])
             return self.embed.drop(self.embed.wte(ids) + self.embed.wpe(positions))
         if self.family == "bert":
-            return self.embed(ids, past_key_values_length=self.past)
+            return self.embed(input_ids=ids, position_ids=positions.unsqueeze(0))
         return self.embed(ids)
 
     @torch.no_grad()
