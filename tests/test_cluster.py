@@ -1,4 +1,3 @@
-import textwrap
 
 import pytest
 
@@ -77,6 +76,18 @@ def test_explicit_spec_overrides_and_count():
     (bad(devices=[{"name": "a", "spec": {"peak_flops": {"fp32": -1}, "memory_bytes": 1, "memory_bandwidth": 1,
                                          "cpu_cores": 1}}, {"name": "b", "type": "rpi5"}]), "peak_flops", "> 0"),
     (["not", "a", "mapping"], "(top level)", "a mapping"),
+    # issue 14: each bad number is named by its own field (it once named power_mode), bounds are explicit
+    *[(bad(devices=[{"name": "a", "type": "rpi5", "overrides": {"memory_bytes": v}}, {"name": "b", "type": "rpi5"}]),
+       f"devices[0] (a).overrides.memory_bytes = {v!r}", want) for v, want in
+      ((0, "> 0"), (1e400, "finite"), ("4 gigs", "4GiB"), ("1e400GiB", "finite"))],
+    (bad(devices=[{"name": "a", "spec": {"peak_flops": {"fp32": 1e9}, "memory_bytes": "1GiB", "cpu_cores": 1,
+                                         "memory_bandwidth": "fast"}}, {"name": "b", "type": "rpi5"}]),
+     "devices[0] (a).spec.memory_bandwidth = 'fast'", "12.5MB/s"),
+    (bad(devices=[{"name": "a", "type": "rpi5", "count": 10000}]), "devices[0] (a).count = 10000", "1 to 1024"),
+    (bad(devices=[{"name": "a", "type": "rpi5", "count": 370376154}]), "count = 370376154", "1 to 1024"),
+    (bad(devices=[{"name": "a", "type": "rpi5", "count": 600}, {"name": "b", "type": "rpi5", "count": 600}]),
+     "devices = '1200 devices", "at most 1024"),
+    ({"name": "x", "description": "a long description " * 20, "links": []}, "devices = None", "required"),
     (bad(extra_key=1), "extra_key", "Extra inputs"),
 ])
 def test_every_bad_field_is_named(raw, field, accepted):
@@ -84,6 +95,7 @@ def test_every_bad_field_is_named(raw, field, accepted):
         cluster_from_dict(raw, source="c.yaml")
     message = str(info.value)
     assert message.startswith("c.yaml: ") and field in message and accepted in message
+    assert "\n" not in message and len(message) < 400 and "long description" not in message
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -91,8 +103,24 @@ def test_bad_yaml_and_missing_file(tmp_path):
     path.write_text("devices: [\n")
     with pytest.raises(SpecError, match="broken.yaml.*YAML"):
         load_cluster(path)
+    path.write_text("name: x\ndevices:\n  - {name: a, type: rpi5\n")  # where it is, as JSON errors say
+    with pytest.raises(SpecError, match=r"broken.yaml: \(YAML syntax\) = \"line 4, column 1: expected ','"):
+        load_cluster(path)
     with pytest.raises(SpecError, match="home"):
         load_cluster(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="cluster = .* a cluster YAML file .*directory"):
+        load_cluster(tmp_path)
+
+
+def test_a_thousand_devices_load_and_the_bound_is_quick():
+    import time
+    big = cluster_from_dict({"devices": [{"name": "p", "type": "rpi5", "count": 1024}],
+                             "default_link": {"bandwidth": "1Gbps"}})
+    assert len(big) == 1024 and big.link("p-0", "p-1023").bandwidth == 125e6
+    start = time.monotonic()
+    with pytest.raises(SpecError):
+        cluster_from_dict({"devices": [{"name": "p", "type": "rpi5", "count": 370376154}]})
+    assert time.monotonic() - start < 1.0
 
 
 def test_uniform_cluster_helper():

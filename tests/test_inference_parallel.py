@@ -73,3 +73,16 @@ def test_tokens_are_streamed_as_they_come(results):
     first_generate = next(r.name for r in RUNS if r.task == "generate")
     assert [e["token"] for e in results["_streamed"]] == results[first_generate]["tokens"]
     assert [e["step"] for e in results["_streamed"]] == list(range(len(results[first_generate]["tokens"])))
+
+
+def test_llama_runs_end_cleanly_every_time(tmp_path):
+    """Issue 14: one llama-tiny run in three died with SIGABRT ("terminate called without an active exception")
+    while its process group was torn down at interpreter exit; five launches in a row must all exit 0."""
+    runs = [r for r in RUNS if r.name in ("llama-sp-tiles", "llama-generate-sharded")]
+    for attempt in range(5):
+        work = tmp_path / f"run{attempt}"
+        with LocalLauncher() as launcher:
+            out = run_job(runs, launcher, devices=DEVICES, timeout_s=120, work_dir=work)
+        assert out["llama-generate-sharded"]["tokens_equal"]
+        logs = "".join(p.read_text() for p in (work / "logs").glob("*.log"))
+        assert "terminate called" not in logs and "Traceback" not in logs, logs

@@ -222,11 +222,11 @@ def test_http_completion_and_stream(client):
 
 
 @pytest.mark.parametrize("payload, status", [
-    ({"max_tokens": 5}, 422),                                   # no prompt
-    ({"prompt": "x", "max_tokens": 0}, 422),                    # out of range
-    ({"prompt": "x", "temperature": -1}, 422),
-    ({"prompt": "x", "best_of": 3}, 422),                       # unsupported field
-    ({"prompt": [[1, 2]]}, 422),                                # batched prompts not supported
+    ({"max_tokens": 5}, 400),                                   # no prompt (OpenAI's status and error shape)
+    ({"prompt": "x", "max_tokens": 0}, 400),                    # out of range
+    ({"prompt": "x", "temperature": -1}, 400),
+    ({"prompt": "x", "best_of": 3}, 400),                       # unsupported field
+    ({"prompt": [[1, 2], [3]]}, 400),                           # batched prompts not supported
     ({"prompt": ""}, 400),
     ({"prompt": "x", "max_tokens": 10_000}, 400),               # can never fit in the KV cache
     ({"prompt": [1, 99999]}, 400),                              # token id outside the vocabulary
@@ -235,6 +235,7 @@ def test_http_completion_and_stream(client):
 def test_http_rejects_malformed_requests(client, payload, status):
     response = client.post("/v1/completions", json=payload)
     assert response.status_code == status, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_http_bad_json_and_full_queue():
@@ -246,7 +247,7 @@ def test_http_bad_json_and_full_queue():
     engine.scheduler.max_waiting = 0                           # every request finds the queue full
     with TestClient(create_app(engine)) as test_client:
         bad = test_client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
-        assert bad.status_code == 422
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
         full = test_client.post("/v1/completions", json={"prompt": "x"})
         assert full.status_code == 503 and full.headers.get("retry-after") == "1"
         assert "capacity" in full.json()["error"]["message"]

@@ -87,6 +87,19 @@ def test_a_crashed_local_worker_stops_the_others(tmp_path):
         assert handles[0].poll() is not None  # the sleeper was stopped
 
 
+def test_a_worker_traceback_becomes_one_line_with_the_cause_and_the_log(tmp_path):
+    crash = "def f():\n    raise IndexError('index out of range in self')\nf()"
+    with LocalLauncher() as launcher:
+        launcher.launch({"pi": [sys.executable, "-c", crash]}, log_dir=tmp_path)
+        with pytest.raises(WorkerFailed) as info:
+            launcher.wait(timeout=30)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "device 'pi'" in message and "exit status 1" in message
+    assert "IndexError: index out of range in self" in message and str(tmp_path / "rank0-pi.log") in message
+    assert "Traceback" in info.value.log_tail  # the rest stays in the log
+
+
 def test_emulated_cluster_is_the_host_core_scaled_by_each_quota():
     cluster = load_cluster("home")
     limits = device_limits(cluster, ["laptop", "pi", "phone"], cpu_budget=2)

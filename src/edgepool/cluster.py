@@ -19,6 +19,10 @@ from edgepool.device import Device
 from edgepool.errors import SpecError
 from edgepool.units import parse_bandwidth, parse_size, parse_time
 
+# Every pair of devices gets a link, so memory and time grow with the square of the device count: 1024 devices
+# load in seconds and about 200 MB; 10,000 would need tens of GB. Larger pools are sites of clusters.
+MAX_DEVICES = 1024
+
 
 # ----------------------------------------------------------------------------- the spec (YAML schema)
 class LinkSpec(BaseModel):
@@ -49,6 +53,13 @@ class DeviceSpec(BaseModel):
     address: str | None = None
     power_mode: str | None = None
     zone: str | None = Field(default=None, description="devices of one zone share the zone's link")
+
+    @field_validator("count")
+    @classmethod
+    def _count_bound(cls, value: int) -> int:
+        if value > MAX_DEVICES:
+            raise ValueError(f"an integer from 1 to {MAX_DEVICES} (a cluster holds at most {MAX_DEVICES} devices)")
+        return value
 
     @model_validator(mode="after")
     def _type_or_spec(self) -> "DeviceSpec":
@@ -151,18 +162,29 @@ def _build_device(spec: DeviceSpec, name: str) -> Device:
         base = get_device(spec.type).model_dump()
     else:
         base = {"sources": {"all": "explicit numbers in the cluster spec"}}
-    numbers = {**(spec.spec or {}), **spec.overrides}
-    for key in ("memory_bytes",):
-        if key in numbers:
-            numbers[key] = parse_size(numbers[key])
-    if "memory_bandwidth" in numbers and isinstance(numbers["memory_bandwidth"], str):
-        numbers["memory_bandwidth"] = parse_bandwidth(numbers["memory_bandwidth"])
-    base.update(numbers)
+    base.update(_parse_numbers(spec.spec or {}, "spec"))
+    base.update(_parse_numbers(spec.overrides, "overrides"))
     base["name"] = name
-    device = Device(**base)
-    if spec.power_mode is not None:
-        device.mode(spec.power_mode)  # raises with the accepted modes
-    return device
+    return Device(**base)
+
+
+def _parse_numbers(numbers: dict[str, Any], where: str) -> dict[str, Any]:
+    """Sizes and bandwidths with units; a bad one raises SpecError naming its key (the caller adds the device)."""
+    out = dict(numbers)
+    for key, parse in (("memory_bytes", parse_size), ("memory_bandwidth", parse_bandwidth)):
+        if key in out and (key == "memory_bytes" or isinstance(out[key], str)):
+            try:
+                out[key] = parse(out[key])
+            except ValueError as exc:
+                raise SpecError(field=f"{where}.{key}", value=out[key], accepted=str(exc)) from None
+    return out
+
+
+def _shown(value: Any) -> Any:
+    """A value short enough for a one-line error: a whole mapping or list is named by its type and size."""
+    if isinstance(value, (dict, list)) and len(repr(value)) > 80:
+        return f"({type(value).__name__} of {len(value)} entries)"
+    return value
 
 
 def _loc(error: dict, raw: dict) -> str:
@@ -184,6 +206,10 @@ def _loc(error: dict, raw: dict) -> str:
     return ".".join(parts) or "(top level)"
 
 
+_REQUIRED = {"devices": "a list of devices, e.g. [{name: pi, type: rpi5}]", "name": "a device name",
+             "bandwidth": "a bandwidth, e.g. '100Mbps'"}
+
+
 def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
     if not isinstance(raw, dict):
         raise SpecError(field="(top level)", value=type(raw).__name__, source=source,
@@ -193,7 +219,16 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
-        raise SpecError(field=_loc(err, raw), value=err.get("input"), accepted=msg, source=source) from None
+        if err["type"] == "missing":
+            value, msg = None, f"the field is required: {_REQUIRED.get(err['loc'][-1], 'give a value')}"
+        else:
+            value = _shown(err.get("input"))
+        raise SpecError(field=_loc(err, raw), value=value, accepted=msg, source=source) from None
+    total = sum(d.count for d in spec.devices)
+    if total > MAX_DEVICES:
+        raise SpecError(field="devices", value=f"{total} devices (counts included)", source=source,
+                        accepted=f"at most {MAX_DEVICES} devices in one cluster",
+                        hint="every pair of devices has a link; split a larger pool into clusters")
 
     devices: dict[str, Device] = {}
     locations, addresses, modes, zones = {}, {}, {}, {}
@@ -203,16 +238,23 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
             if name in devices:
                 raise SpecError(field=f"devices[{i}].name", value=name, source=source,
                                 accepted="a name not used by another device")
+            where = f"devices[{i}] ({dspec.name})"
             try:
                 devices[name] = _build_device(dspec, name)
+            except SpecError as exc:
+                raise SpecError(field=f"{where}.{exc.field}", value=exc.value, accepted=exc.accepted,
+                                source=source) from None
             except ValidationError as exc:
                 err = exc.errors()[0]
                 field_name = ".".join(str(p) for p in err["loc"])
-                raise SpecError(field=f"devices[{i}] ({dspec.name}).{field_name}", value=err.get("input"),
+                raise SpecError(field=f"{where}.{field_name}", value=_shown(err.get("input")),
                                 accepted=err["msg"].removeprefix("Value error, "), source=source) from None
-            except ValueError as exc:
-                raise SpecError(field=f"devices[{i}] ({dspec.name}).power_mode", value=dspec.power_mode,
-                                accepted=str(exc).split("accepted: ")[-1], source=source) from None
+            if dspec.power_mode is not None:
+                try:
+                    devices[name].mode(dspec.power_mode)
+                except ValueError as exc:
+                    raise SpecError(field=f"{where}.power_mode", value=dspec.power_mode,
+                                    accepted=str(exc).split("accepted: ")[-1], source=source) from None
             if dspec.location:
                 locations[name] = dspec.location
             if dspec.address:
@@ -268,18 +310,29 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
 def load_cluster(path: str | Path) -> Cluster:
     """Load a cluster YAML file; a name without a path may refer to a shipped example (home, jetson-lab, site64)."""
     path = Path(path)
+    accepted = "a cluster YAML file or one of " + ", ".join(example_cluster_names())
     if not path.exists():
         example = example_cluster_path(str(path))
         if example is None:
-            raise SpecError(field="cluster", value=str(path), accepted="an existing YAML file or one of "
-                            + ", ".join(example_cluster_names()))
+            raise SpecError(field="cluster", value=str(path), accepted=accepted)
         path = example
+    if not path.is_file():
+        raise SpecError(field="cluster", value=str(path), accepted=accepted, hint="this is a directory")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(field="cluster", value=str(path), accepted=accepted, hint=f"cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
-        raise SpecError(field="(YAML syntax)", value=str(exc).splitlines()[0], source=str(path),
+        raise SpecError(field="(YAML syntax)", value=_yaml_where(exc), source=str(path),
                         accepted="valid YAML") from None
     return cluster_from_dict(raw, source=str(path))
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """'line 3, column 7: found unexpected end of stream', as a JSON error says where it is."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _examples_dir() -> Path | None:

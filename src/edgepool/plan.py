@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,14 @@ from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
 PLAN_VERSION = 1
+
+
+class _FieldError(ValueError):
+    """A whole-plan check that knows which field is wrong (pydantic would report it at the plan's top level)."""
+
+    def __init__(self, field: str, value: object, message: str):
+        self.field, self.value = field, value
+        super().__init__(message)
 
 
 class StagePlan(BaseModel):
@@ -76,25 +85,30 @@ class Plan(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "Plan":
         if self.version != PLAN_VERSION:
-            raise ValueError(f"plan version {self.version} is not supported; this edgepool reads version {PLAN_VERSION}")
-        if not math.isclose(sum(p.batch_share for p in self.pipelines), 1.0, abs_tol=1e-6):
-            raise ValueError("pipelines' batch_share must sum to 1")
+            raise _FieldError("version", self.version, str(PLAN_VERSION))
+        shares = [p.batch_share for p in self.pipelines]
+        if not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+            raise _FieldError("pipelines.batch_share", shares, "batch shares that sum to 1")
         used: set[str] = set()
         for i, pipe in enumerate(self.pipelines):
             expected = 0
-            for stage in pipe.stages:
+            for s, stage in enumerate(pipe.stages):
                 if stage.layers[0] != expected:
-                    raise ValueError(f"pipelines[{i}] stages must cover layers contiguously from 0; a stage starts at "
-                                     f"{stage.layers[0]}, expected {expected}")
+                    raise _FieldError(f"pipelines[{i}].stages[{s}].layers", list(stage.layers),
+                                      f"a range starting at {expected}: stages cover the layers contiguously from 0")
                 expected = stage.layers[1]
             if expected != self.num_layers:
-                raise ValueError(f"pipelines[{i}] covers layers up to {expected}, but the model has {self.num_layers}")
-            for d in pipe.devices:
-                if d in used:
-                    raise ValueError(f"device {d!r} is used by two stages or pipelines")
-                used.add(d)
+                raise _FieldError(f"pipelines[{i}].stages[{len(pipe.stages) - 1}].layers",
+                                  list(pipe.stages[-1].layers),
+                                  f"a range ending at num_layers = {self.num_layers}: the last stage ends the model")
+            for s, stage in enumerate(pipe.stages):
+                for d in stage.devices:
+                    if d in used:
+                        raise _FieldError(f"pipelines[{i}].stages[{s}].devices", d,
+                                          "a device used by no other stage or pipeline")
+                    used.add(d)
         if not self.feasible and not self.infeasible_reason:
-            raise ValueError("an infeasible plan must give infeasible_reason")
+            raise _FieldError("infeasible_reason", self.infeasible_reason, "a reason, since feasible is false")
         return self
 
     @property
@@ -114,9 +128,18 @@ class Plan(BaseModel):
         write_text_atomic(path, self.to_json())
 
 
+def base_cluster_name(name: str) -> str:
+    """'home' for 'home', 'home (emulated here)' and 'home[3]': plans made for a cluster as emulated or in part."""
+    return re.sub(r"(\[\d+\]| \(emulated here\))+$", "", name)
+
+
 def plan_from_dict(raw: Any, source: str = "<plan>", cluster=None, num_layers: int | None = None,
-                   model: str | None = None) -> Plan:
-    """Validate a plan; with a cluster / layer count / model name, also reject a plan made for another."""
+                   model: str | None = None, other_cluster: bool = False) -> Plan:
+    """Validate a plan; with a cluster / layer count / model name, also reject a plan made for another.
+
+    `other_cluster=True` accepts a plan made for a cluster of another name if all its devices are in `cluster`
+    (a renamed or edited copy of the spec).
+    """
     if not isinstance(raw, dict):
         raise SpecError(field="(top level)", value=type(raw).__name__, source=source, accepted="a JSON object")
     if "version" in raw and raw["version"] != PLAN_VERSION:
@@ -126,9 +149,17 @@ def plan_from_dict(raw: Any, source: str = "<plan>", cluster=None, num_layers: i
         plan = Plan.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(plan)"
-        raise SpecError(field=loc, value=err.get("input") if err["loc"] else "(plan)", source=source,
-                        accepted=err["msg"].removeprefix("Value error, ")) from None
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            raise SpecError(field=cause.field, value=cause.value, source=source, accepted=str(cause)) from None
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = None if err["type"] == "missing" else err.get("input") if err["loc"] else type(raw).__name__
+        accepted = "the field is required" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+        raise SpecError(field=loc, value=value, source=source, accepted=accepted) from None
+    if cluster is not None and not other_cluster and base_cluster_name(plan.cluster) != cluster.name:
+        raise SpecError(field="cluster", value=plan.cluster, source=source, accepted=repr(cluster.name),
+                        hint=f"the plan was made for another cluster; re-plan with --cluster {cluster.name}, "
+                             "or pass --other-cluster to run it here anyway")
     if cluster is not None:
         for d in plan.devices:
             if d not in cluster.devices:
@@ -143,13 +174,18 @@ def plan_from_dict(raw: Any, source: str = "<plan>", cluster=None, num_layers: i
     return plan
 
 
-def load_plan(path: str | Path, cluster=None, num_layers: int | None = None, model: str | None = None) -> Plan:
+def load_plan(path: str | Path, cluster=None, num_layers: int | None = None, model: str | None = None,
+              other_cluster: bool = False) -> Plan:
     path = Path(path)
     if not path.is_file():
         raise SpecError(field="plan", value=str(path), accepted="an existing plan JSON file (from `edgepool plan -o`)")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SpecError(field="(JSON syntax)", value=f"line {exc.lineno}: {exc.msg}", source=str(path),
-                        accepted="valid JSON") from None
-    return plan_from_dict(raw, str(path), cluster=cluster, num_layers=num_layers, model=model)
+        raise SpecError(field="(JSON syntax)", value=f"line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                        source=str(path), accepted="valid JSON") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(field="plan", value=str(path), accepted="a readable plan JSON file",
+                        hint=str(exc)) from None
+    return plan_from_dict(raw, str(path), cluster=cluster, num_layers=num_layers, model=model,
+                          other_cluster=other_cluster)

@@ -5,8 +5,6 @@ by side on one time scale so a simulated and a measured run of one plan compare 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from edgepool.atomic import atomic_path  # noqa: E402
 from edgepool.report import Report  # noqa: E402
 
 COLORS = {"fwd": "#4C72B0", "bwd": "#DD8452", "send": "#8C8C8C", "recv": "#B8B8B8", "comm": "#8C8C8C",
@@ -26,30 +25,31 @@ OTHER = "#CCB974"
 def _save(fig, path: str | Path) -> Path:
     """Write atomically (temp file, then rename) so a half-written image never looks complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def draw_gantt(reports: Report | Sequence[Report], path: str | Path, title: str | None = None,
                max_events: int = 20000) -> Path:
     """One row per device, forward/backward/communication/all-reduce/optimizer coloured; one panel per report."""
+    return _save(gantt_figure(reports, title, max_events), path)
+
+
+def gantt_figure(reports: Report | Sequence[Report], title: str | None = None, max_events: int = 20000):
+    """The figure `draw_gantt` saves (the caller closes it)."""
     if isinstance(reports, Report):
         reports = [reports]
     if not reports:
         raise ValueError("draw_gantt needs at least one report")
     end = max((max((e.end for e in r.timeline), default=0.0) for r in reports), default=0.0) or 1.0
     rows = max(len({e.device for e in r.timeline} | set(r.per_device)) for r in reports)
-    fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 1.0 + 0.35 * max(rows, 2)),
-                             squeeze=False, sharex=True)
+    # constrained layout keeps the overall title above the panels' titles and the legend below the x labels
+    fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 1.6 + 0.35 * max(rows, 2)),
+                             squeeze=False, sharex=True, layout="constrained")
     for ax, report in zip(axes[0], reports):
         devices = list(report.per_device) or sorted({e.device for e in report.timeline})
         for e in report.timeline:
@@ -78,11 +78,10 @@ def draw_gantt(reports: Report | Sequence[Report], path: str | Path, title: str 
     kinds = sorted({e.kind for r in reports for e in r.timeline})
     handles = [Patch(color=COLORS.get(k, OTHER), label=k) for k in kinds]
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
-                   bbox_to_anchor=(0.5, -0.08))
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def pareto_front(points: Iterable[tuple[float, float]], minimize_x: bool = True,

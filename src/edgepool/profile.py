@@ -14,7 +14,27 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgepool.errors import SpecError
 from edgepool.models.zoo import ModelBundle
+
+
+def context_length(bundle: ModelBundle) -> int | None:
+    """The most tokens a language model's position table holds; None for models without one."""
+    config = getattr(bundle.hf_model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None) or bundle.config.get(key)
+        if value:
+            return int(value)
+    return None
+
+
+def check_seq(bundle: ModelBundle, seq: int | None, field: str = "seq") -> None:
+    """Refuse a sequence longer than the model's context where plans are made and run, not deep in a worker."""
+    limit = context_length(bundle) if bundle.input_kind == "tokens" else None
+    tokens = seq or bundle.default_seq
+    if limit is not None and tokens > limit:
+        raise SpecError(field=field, value=tokens, accepted=f"1 to {limit} tokens (the context length of "
+                        f"{bundle.name}: its position table has {limit} entries)")
 
 
 @dataclass
@@ -158,6 +178,7 @@ def profile_model(bundle: ModelBundle, batch: int = 1, seq: int | None = None, m
                          "(build it with meta=False to measure)")
     device = "meta" if bundle.is_meta else "cpu"
     seq = seq or (bundle.default_seq if bundle.input_kind == "tokens" else None)
+    check_seq(bundle, seq)
     x = bundle.example_input(batch, seq, device=device)
     seen_params: set[int] = set()
     layers: list[LayerProfile] = []

@@ -1,6 +1,7 @@
 """Parsing of human units in specs: bandwidth ('100Mbps', '12.5MB/s'), latency ('5ms'), sizes ('4GiB')."""
 from __future__ import annotations
 
+import math
 import re
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -21,13 +22,18 @@ def _parse(text: object, table: dict[str, float], what: str) -> float:
     if isinstance(text, bool):
         raise ValueError(f"expected {what}")
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise ValueError(f"expected a finite number; {what}")
         if text == 0 or table is _SIZE:
             return float(text)
         raise ValueError(f"expected {what}; a bare number has no unit")
     match = re.fullmatch(_NUMBER + r"\s*([A-Za-zµ/]+)", str(text).strip())
     if not match or match.group(2).lower() not in table:
         raise ValueError(f"expected {what}")
-    return float(match.group(1)) * table[match.group(2).lower()]
+    value = float(match.group(1)) * table[match.group(2).lower()]
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number; {what}")
+    return value
 
 
 def parse_bandwidth(text: object) -> float:

@@ -2,8 +2,44 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
+
+
+class _OneLineErrors(TyperGroup):
+    """Bad input, a failed worker or an unreadable file ends any command with one line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - only the kinds below are answered, the rest re-raised
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(code) from None
+
+
+def _exit_code(exc: Exception) -> int | None:
+    from edgepool.errors import SpecError
+    from edgepool.testbed.launcher import WorkerFailed
+
+    if isinstance(exc, SpecError):
+        return 2
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        return 2
+    if isinstance(exc, (WorkerFailed, TimeoutError)):
+        return 1
+    return None
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc).splitlines()[0]
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="edgepool",
     help="Pool heterogeneous edge devices for deep-learning training, fine-tuning and inference.",
     no_args_is_help=True,
@@ -12,9 +48,9 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import bench, core, elastic, finetune, inference, power, runtime, serving, training  # noqa: E402
+from . import bench, core, elastic, finetune, inference, power, report, runtime, serving, training  # noqa: E402
 
-for _area in (core, training, runtime, elastic, inference, finetune, serving, power, bench):
+for _area in (core, training, runtime, report, elastic, inference, finetune, serving, power, bench):
     _area.register(app)
 
 

@@ -5,9 +5,9 @@ import json
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from edgepool.catalog import list_devices
+from edgepool.cli.tables import narrow_table
 from edgepool.cluster import load_cluster
 from edgepool.costmodel import CostModel
 from edgepool.estimate import estimate_alone
@@ -21,21 +21,23 @@ def _gb(n: float) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def devices(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    def devices(
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        wide: bool = typer.Option(False, "--wide", help="Also show int8 TOPS, CPU cores and power modes."),
+    ) -> None:
         """List the built-in device catalog, each number with its source."""
         catalog = list_devices()
         if as_json:
             typer.echo(json.dumps([d.model_dump() for d in catalog], indent=2))
             return
-        table = Table(title="edgepool device catalog (peak = dense vendor figures; see --json for sources)")
-        for col in ("name", "fp32 TFLOPS", "fp16 TFLOPS", "int8 TOPS", "memory GiB", "bandwidth GB/s", "cores",
-                    "power W", "power modes"):
-            table.add_column(col)
+        table = narrow_table("edgepool device catalog (peak = dense vendor figures; see --json for sources)",
+                             ["name", "fp32 TFLOPS", "fp16 TFLOPS", "memory GiB", "GB/s", "power W"]
+                             + (["int8 TOPS", "cores", "power modes"] if wide else []), left=("power modes",))
         for d in catalog:
+            extra = [f"{d.peak('int8') / 1e12:.3g}", str(d.cpu_cores), ", ".join(m.name for m in d.power_modes)]
             table.add_row(d.name, f"{d.peak('fp32') / 1e12:.3g}", f"{d.peak('fp16') / 1e12:.3g}",
-                          f"{d.peak('int8') / 1e12:.3g}", _gb(d.memory_bytes), f"{d.memory_bandwidth / 1e9:.1f}",
-                          str(d.cpu_cores), f"{d.power_idle_w:g}-{d.power_max_w:g}",
-                          ", ".join(m.name for m in d.power_modes))
+                          _gb(d.memory_bytes), f"{d.memory_bandwidth / 1e9:.1f}",
+                          f"{d.power_idle_w:g}-{d.power_max_w:g}", *(extra if wide else []))
         Console().print(table)
 
     @app.command()
@@ -54,10 +56,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({**prof.to_dict(), "parameters": bundle.num_parameters(),
                                    "published_parameters": bundle.published_params}, indent=2))
             return
-        table = Table(title=f"{model}: batch {batch}" + (f", seq {prof.seq}" if prof.seq else ""))
-        for col in ("layer", "fwd GFLOP", "bwd GFLOP", "params MB", "out MB", "saved MB") + (
-                ("fwd ms", "bwd ms") if measure else ()):
-            table.add_column(col, justify="right")
+        table = narrow_table(f"{model}: batch {batch}" + (f", seq {prof.seq}" if prof.seq else ""),
+                             ["layer", "fwd GFLOP", "bwd GFLOP", "params MB", "out MB", "saved MB"]
+                             + (["fwd ms", "bwd ms"] if measure else []))
         for l in prof.layers:
             row = [l.name, f"{l.fwd_flops / 1e9:.3f}", f"{l.bwd_flops / 1e9:.3f}", f"{l.param_bytes / 1e6:.2f}",
                    f"{l.output_bytes / 1e6:.2f}", f"{l.saved_bytes / 1e6:.2f}"]
@@ -86,10 +87,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"source": "simulated (roofline cost model)", "cluster": spec.name, "model": model,
                                    "batch": batch, "devices": [r.to_dict() for r in rows]}, indent=2))
             return
-        table = Table(title=f"{model} alone on each device of {spec.name}, batch {batch} (simulated, roofline)")
-        for col in ("device", "train step s", "inference s", "train mem GiB", "infer mem GiB", "device GiB",
-                    "fits train", "fits infer"):
-            table.add_column(col, justify="right")
+        table = narrow_table(f"{model} alone on each device of {spec.name}, batch {batch} (simulated, roofline)",
+                             ["device", "train step s", "infer s", "train mem GiB", "infer mem GiB", "device GiB",
+                              "fits train", "fits infer"])
         for r in rows:
             table.add_row(r.device, f"{r.train_step_s:.4g}", f"{r.inference_s:.4g}", _gb(r.train_memory_bytes),
                           _gb(r.inference_memory_bytes), _gb(r.memory_bytes), "yes" if r.fits_training else "NO",

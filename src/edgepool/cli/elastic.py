@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         launcher: str = typer.Option("local", help="local (plain processes on loopback) or testbed (each device "
                                                   "in its cgroup and network namespace, emulating the cluster; "
                                                   "root; falls back to local, saying why)."),
-        output: Path = typer.Option(None, "-o", "--output", help="Folder for the run (logs, result.json)."),
+        output: Path = typer.Option(None, "-o", "--output", file_okay=False,
+                                    help="Folder for the run (logs, result.json)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train for real (local processes or the testbed) while devices fail and join; report recovery times."""
@@ -90,7 +91,7 @@ def register(app: typer.Typer) -> None:
         detection: float = typer.Option(1.0, help="Failure detection time (heartbeat timeout), seconds."),
         restart: float = typer.Option(10.0, help="Checkpoint baseline: seconds to restart every worker."),
         checkpoint_every: int = typer.Option(10, min=1, help="Checkpoint baseline: K iterations."),
-        plot: Path = typer.Option(None, "--plot", help="Write throughput over time (PNG)."),
+        plot: Path = typer.Option(None, "--plot", dir_okay=False, help="Write throughput over time (PNG)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Simulated throughput over time across failures/joins: pipeline replay vs checkpoint restart."""

@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
         cache_disk_mb: float = typer.Option(0.0, "--cache-disk-mb"),
         cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | float16"),
         threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)"),
-        output: Path | None = typer.Option(None, help="JSON report path (a PNG of accuracy per epoch goes beside it)"),
+        output: Path | None = typer.Option(None, dir_okay=False,
+                                           help="JSON report path (a PNG of accuracy per epoch goes beside it)"),
     ) -> None:
         """Fine-tune a classifier on the backbone; prints accuracy per epoch and writes a JSON report."""
         from rich.console import Console

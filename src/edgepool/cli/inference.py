@@ -117,6 +117,8 @@ def register(app: typer.Typer) -> None:
         if bundle.kind != "decoder":
             raise SpecError(field="--model", value=model, accepted="a decoder model (gpt2, gpt2-tiny, llama-tiny, ...)")
         ids = [b % bundle.vocab_size for b in prompt.encode("utf-8")] or [0]
+        from edgepool.profile import check_seq
+        check_seq(bundle, len(ids) + max_new_tokens, field="prompt bytes + --max-new-tokens")
         spec, chosen, simulated = _setup(cluster, model, 1, 1, phase="decode", context=len(ids) + max_new_tokens,
                                          plan=plan)
         if not chosen.feasible:

@@ -75,7 +75,8 @@ def modes_cmd(device: str = typer.Option("jetson-agx-orin", help="A catalog Jets
 
 @power_app.command("profile")
 def profile_cmd(
-    out: Path = typer.Option(Path("runs/power/profiles.json"), help="Where to write the profile table."),
+    out: Path = typer.Option(Path("runs/power/profiles.json"), dir_okay=False,
+                             help="Where to write the profile table."),
     quick: bool = typer.Option(False, help="36 modes instead of 132."),
     passes: int = typer.Option(1, min=1, help="Sweeps over all modes; the fastest block is kept."),
     workloads: str = typer.Option("", help="Comma-separated workload names (default: the benchmark's)."),
@@ -101,12 +102,12 @@ def profile_cmd(
 
 @power_app.command("predict")
 def predict_cmd(
-    table: Path = typer.Option(..., exists=True, help="A profile table from `edgepool power profile`."),
+    table: Path = typer.Option(..., exists=True, dir_okay=False, help="A profile table from `edgepool power profile`."),
     reference: str = typer.Option("resnet18-w16-train", help="Workload to pretrain on (all its modes)."),
     workload: str = typer.Option(..., help="Workload to transfer to."),
     samples: int = typer.Option(50, min=2, help="Profiled modes of the new workload used for transfer."),
     seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("runs/power/predict"), help="Output folder (JSON + Pareto plot)."),
+    out: Path = typer.Option(Path("runs/power/predict"), file_okay=False, help="Output folder (JSON + Pareto plot)."),
 ) -> None:
     """PowerTrain: pretrain on a reference workload, transfer with a few modes, predict every mode."""
     import numpy as np
@@ -155,7 +156,7 @@ def pareto_cmd(
     precision: str = typer.Option("fp32"),
     budget: float = typer.Option(None, help="Power budget (W): report the fastest mode within it."),
     latency: float = typer.Option(None, help="Latency bound (s): report the min-energy mode within it."),
-    out: Path = typer.Option(Path("runs/power/pareto"), help="Output folder (JSON + plot)."),
+    out: Path = typer.Option(Path("runs/power/pareto"), file_okay=False, help="Output folder (JSON + plot)."),
 ) -> None:
     """Pagoda rooflines over a Jetson's mode space: Pareto front of time vs power (simulated)."""
     from edgepool.power import powertrain as pt
@@ -183,14 +184,15 @@ def pareto_cmd(
 
 @power_app.command("fulcrum")
 def fulcrum_cmd(
-    table: Path = typer.Option(None, help="A profile table (measured); default: simulate the AGX Orin."),
+    table: Path = typer.Option(None, exists=True, dir_okay=False,
+                               help="A profile table (measured); default: simulate the AGX Orin."),
     train: str = typer.Option("bert-tiny-train", help="Training workload in the table."),
     budget: float = typer.Option(..., help="Power budget in watts (modelled power)."),
     latency_goal: float = typer.Option(..., help="Inference latency goal in seconds."),
     arrival_rate: float = typer.Option(..., help="Inference requests per second."),
     train_batch: int = typer.Option(8, min=1),
     run_seconds: float = typer.Option(0.0, help="Also run managed vs naive interleaving here for N seconds."),
-    out: Path = typer.Option(Path("runs/power/fulcrum"), help="Output folder."),
+    out: Path = typer.Option(Path("runs/power/fulcrum"), file_okay=False, help="Output folder."),
 ) -> None:
     """Fulcrum: GMD and ALS mode searches vs exhaustive and random; optionally a real interleaved run."""
     from edgepool.power import fulcrum as fc

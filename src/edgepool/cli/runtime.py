@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import typer
@@ -14,10 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
-DEMO_MODEL = dict(vocab_size=2048, n_positions=128, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0,
-                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=1)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -57,10 +54,8 @@ class _Bar:
 
 
 def _comparison_table(title: str, rows: list[dict]) -> Table:
-    table = Table(title=title)
-    for col in ("planner", "stages", "devices", "micro-batches", "simulated samples/s", "measured samples/s",
-                "simulator error"):
-        table.add_column(col, justify="right")
+    table = narrow_table(title, ["planner", "stages", "devices", "M", "simulated samples/s", "measured samples/s",
+                                 "error"], left=("devices",))
     for r in rows:
         measured = r.get("measured_throughput")
         error = r.get("simulator_error")
@@ -71,9 +66,8 @@ def _comparison_table(title: str, rows: list[dict]) -> Table:
 
 
 def _device_table(report) -> Table:
-    table = Table(title=f"measured per device ({report.planner}), per iteration")
-    for col in ("device", "busy s", "utilization", "peak RSS MiB", "memory limit GiB", "energy J (modelled)"):
-        table.add_column(col, justify="right")
+    table = narrow_table(f"measured per device ({report.planner}), per iteration",
+                         ["device", "busy s", "busy %", "peak RSS MiB", "limit GiB", "energy J (modelled)"])
     for name, s in report.per_device.items():
         table.add_row(name, f"{s.busy_s:.3f}", f"{s.utilization:.0%}", f"{s.peak_memory_bytes / 2**20:.0f}",
                       f"{s.memory_limit_bytes / 2**30:.1f}" if s.memory_limit_bytes else "-", f"{s.energy_j:.2f}")
@@ -99,8 +93,11 @@ def register(app: typer.Typer) -> None:
         seq: int = typer.Option(None, min=1, help="Sequence length for language models."),
         override: list[str] = typer.Option(None, "--override", help="Model config KEY=VALUE (repeatable)."),
         plan_file: Path = typer.Option(None, "--plan", help="Run this plan JSON instead of planning."),
+        other_cluster: bool = typer.Option(False, "--other-cluster",
+                                           help="With --plan: accept a plan made for a cluster of another name."),
         lr: float = typer.Option(0.01, help="SGD learning rate."),
-        output: Path = typer.Option(None, "-o", "--output", help="Folder for report.json, plan.json, gantt.png."),
+        output: Path = typer.Option(None, "-o", "--output", file_okay=False,
+                                    help="Folder for report.json, plan.json, gantt.png."),
         as_json: bool = typer.Option(False, "--json", help="Print the measured report as JSON."),
         print_launch: bool = typer.Option(False, "--print-launch",
                                           help="Print the torchrun command per host instead of running here."),
@@ -113,7 +110,7 @@ def register(app: typer.Typer) -> None:
         spec = load_cluster(cluster)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
         if print_launch:
-            _print_launch(spec, model_spec, planner, plan_file, batch, seq, steps, lr, output)
+            _print_launch(spec, model_spec, planner, plan_file, batch, seq, steps, lr, output, other_cluster)
             return
         from edgepool.plan import load_plan
         from edgepool.runtime.experiment import Experiment
@@ -121,7 +118,7 @@ def register(app: typer.Typer) -> None:
         with Experiment(spec, model_spec, batch=batch, seq=seq, launcher_kind=launcher, lr=lr) as exp:
             if plan_file is not None:
                 from edgepool.runtime.experiment import Comparison
-                plan = load_plan(plan_file, cluster=spec, num_layers=len(exp.profile))
+                plan = load_plan(plan_file, cluster=spec, num_layers=len(exp.profile), other_cluster=other_cluster)
                 comparison = Comparison(plan.planner, plan, exp.simulate(plan))
             else:
                 comparison = exp.compare(planner)
@@ -152,64 +149,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        output: Path = typer.Option(Path("out/demo"), "-o", "--output", help="Folder for report.json and the Gantt."),
+        output: Path = typer.Option(Path("out/demo"), "-o", "--output", file_okay=False,
+                                    help="Folder for report.json and the Gantt."),
         launcher: str = typer.Option("testbed", help="testbed (falls back to local without root) or local."),
         steps: int = typer.Option(3, min=2, help="Iterations per run (the first is warm-up)."),
     ) -> None:
-        """The main job: plan a small Transformer on the home cluster, run the best plan and dp for real."""
-        from edgepool.cluster import load_cluster
-        from edgepool.runtime.data import ModelSpec
-        from edgepool.runtime.experiment import Experiment, best
+        """The main job: plan a small Transformer on the home cluster; run the best plan, which pools several
+        devices, and the best single device for real."""
+        from edgepool.cli.demo import run_demo
 
-        started = time.time()
-        console = Console()
-        cluster = load_cluster("home")
-        model = ModelSpec(name="gpt2", overrides=DEMO_MODEL, seed=0)
-        batch, seq = 16, 64
-        console.print(f"[bold]edgepool demo[/bold]: {cluster.name} cluster ({', '.join(cluster.devices)}), "
-                      f"GPT-2-style decoder ({DEMO_MODEL['n_layer']} layers, width {DEMO_MODEL['n_embd']}), "
-                      f"batch {batch} x {seq} tokens")
-        with Experiment(cluster, model, batch=batch, seq=seq, launcher_kind=launcher) as exp:
-            desc = exp.describe_launcher()
-            if desc.get("fallback_reason"):
-                console.print(f"[yellow]testbed unavailable: {desc['fallback_reason']}; running plain local "
-                              "processes (no CPU quotas, no link shaping)[/yellow]")
-            console.print(f"profiled and calibrated this host (1 thread): efficiency "
-                          f"{exp.host.efficiency:.2f}, overhead {exp.host.layer_overhead_s * 1e3:.2f} ms per layer "
-                          f"pass; planning for the cluster as emulated here")
-            from edgepool.planners import planner_names
-            comparisons = [exp.compare(p) for p in planner_names()]
-            console.print(_comparison_table("planners in simulation (emulated home cluster)",
-                                            [c.summary() for c in comparisons]))
-            chosen = best(comparisons)
-            baseline = next(c for c in comparisons if c.planner == "dp")
-            runs = [chosen] if chosen is baseline else [chosen, baseline]
-            for c in runs:
-                bar = _Bar(console, f"running {c.planner} for real")
-                try:
-                    exp.run(c, steps, run_dir=output / c.planner, progress=bar, command="edgepool demo")
-                finally:
-                    bar.close()
-        output.mkdir(parents=True, exist_ok=True)
-        result = {
-            "demo": "edgepool demo", "cluster": cluster.name, "model": {"zoo": "gpt2", "overrides": DEMO_MODEL},
-            "batch": batch, "seq": seq, "steps": steps, "launcher": desc, "host_calibration": exp.host.to_dict(),
-            "planners_simulated": [c.summary() for c in comparisons], "best": chosen.planner,
-            "measured": {c.planner: c.measured.model_dump(mode="json") for c in runs},
-            "ratio_best_over_dp": chosen.measured.throughput / baseline.measured.throughput,
-            "simulator_error": {c.planner: c.error for c in runs},
-            "elapsed_s": time.time() - started,
-            "machine_note": "measured on a shared machine; energy is modelled",
-        }
-        _write_json(output / "report.json", result)
-        gantt = _gantt([r for c in runs for r in (c.simulated, c.measured)], output / "gantt.png",
-                       "simulated vs measured timelines: " + " | ".join(c.planner for c in runs))
-        console.print(_comparison_table("measured on this host", [c.summary() for c in runs]))
-        console.print(f"[bold]{chosen.planner}[/bold] {chosen.measured.throughput:.2f} samples/s vs [bold]dp[/bold] "
-                      f"{baseline.measured.throughput:.2f} samples/s: "
-                      f"[bold]{result['ratio_best_over_dp']:.2f}x[/bold] (measured); simulator error "
-                      + ", ".join(f"{c.planner} {c.error:.0%}" for c in runs))
-        console.print(f"wrote {output / 'report.json'} and {gantt} in {result['elapsed_s']:.0f} s")
+        run_demo(output, launcher, steps)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -221,7 +170,7 @@ def _command() -> str:
 
 
 def _print_launch(spec, model_spec, planner: str, plan_file: Path | None, batch: int, seq: int | None, steps: int,
-                  lr: float, output: Path | None) -> None:
+                  lr: float, output: Path | None, other_cluster: bool = False) -> None:
     """Plan for the cluster as specified (real devices), write the worker spec, print one command per host."""
     from edgepool.costmodel import CostModel
     from edgepool.plan import load_plan
@@ -233,7 +182,9 @@ def _print_launch(spec, model_spec, planner: str, plan_file: Path | None, batch:
 
     bundle = build_bundle(model_spec)
     if plan_file is not None:
-        plan = load_plan(plan_file, cluster=spec, num_layers=len(bundle.blocks))
+        plan = load_plan(plan_file, cluster=spec, num_layers=len(bundle.blocks), other_cluster=other_cluster)
+        from edgepool.profile import check_seq
+        check_seq(bundle, plan.seq, field="plan.seq")
     else:
         profile = profile_model(bundle, batch=1, seq=seq)
         plan = get_planner(planner).plan(profile, spec, CostModel(optimizer="sgd"), batch)

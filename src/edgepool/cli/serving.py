@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
         import json
 
         from rich.console import Console
-        from rich.table import Table
 
+        from edgepool.cli.tables import narrow_table
         from edgepool.serving.predictor import train_predictor
         from edgepool.catalog import get_device
         from edgepool.serving.scheduler import make_policy
@@ -87,12 +87,11 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps({"predictor_accuracy": accuracy.as_dict(), "results": results}, default=str))
             return
-        table = Table(title=f"simulated: {workload}, {rate} req/s {pattern}, {device}, Llama-2-7B, {kv_gib} GiB KV")
+        table = narrow_table(f"simulated: {workload}, {rate} req/s {pattern}, {device}, Llama-2-7B, {kv_gib} GiB KV",
+                             ["policy", "mean lat s", "p99 lat s", "TTFT s", "tok/s", "recomp", "swap", "KV util",
+                              "lost"])
         columns = ["mean_latency_s", "p99_latency_s", "mean_ttft_s", "throughput_tokens_per_s",
                    "preemptions_recompute", "preemptions_swap", "kv_utilization", "requests_lost"]
-        table.add_column("policy")
-        for header in ["mean lat s", "p99 lat s", "TTFT s", "tok/s", "recompute", "swap", "KV util", "lost"]:
-            table.add_column(header, justify="right")
         for name, result in results.items():
             table.add_row(name, *(f"{result[c]:.3g}" if isinstance(result[c], float) else str(result[c])
                                   for c in columns))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
 
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("fp32"),
         optimizer: str = typer.Option("adam"),
         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-        output: Path = typer.Option(None, "-o", "--output", help="Write the plan JSON here."),
+        output: Path = typer.Option(None, "-o", "--output", dir_okay=False, help="Write the plan JSON here."),
     ) -> None:
         """Plan training of MODEL on CLUSTER (the planner's own estimate is in `predicted`)."""
         from edgepool.cluster import load_cluster
@@ -61,10 +61,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(result.to_json())
             return
         console = Console()
-        table = Table(title=f"{planner} plan: {model} on {cl.name}, batch {batch}, {result.microbatches} micro-batches "
-                            f"({result.schedule})")
-        for col in ("pipeline", "stage", "layers", "devices (share of each micro-batch)"):
-            table.add_column(col)
+        table = narrow_table(f"{planner} plan: {model} on {cl.name}, batch {batch}, {result.microbatches} "
+                             f"micro-batches ({result.schedule})",
+                             ["pipeline", "stage", "layers", "devices (share of each micro-batch)"],
+                             left=("stage", "layers", "devices (share of each micro-batch)"))
         for p, pipe in enumerate(result.pipelines):
             for s, stage in enumerate(pipe.stages):
                 table.add_row(f"{p} ({pipe.batch_share:.0%} of batch)" if s == 0 else "", str(s),
@@ -84,11 +84,14 @@ def register(app: typer.Typer) -> None:
     def simulate(
         plan_file: Path = typer.Argument(..., help="A plan JSON from `edgepool plan -o`."),
         cluster: str = typer.Option(..., help="The cluster the plan was made for."),
+        other_cluster: bool = typer.Option(False, "--other-cluster",
+                                           help="Accept a plan made for a cluster of another name (same devices)."),
         precision: str = typer.Option(None, help="Default: the plan's precision."),
         optimizer: str = typer.Option("adam"),
-        gantt: Path = typer.Option(None, "--gantt", help="Draw the timeline (one row per device) to this PNG."),
+        gantt: Path = typer.Option(None, "--gantt", dir_okay=False,
+                                   help="Draw the timeline (one row per device) to this PNG."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-        output: Path = typer.Option(None, "-o", "--output", help="Write the report JSON here."),
+        output: Path = typer.Option(None, "-o", "--output", dir_okay=False, help="Write the report JSON here."),
     ) -> None:
         """Replay one iteration of a plan micro-batch by micro-batch (simulated, not measured)."""
         from edgepool.cluster import load_cluster
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from edgepool.simulator import simulate as run_simulation
         try:
             cl = load_cluster(cluster)
-            the_plan = load_plan(plan_file, cluster=cl)
+            the_plan = load_plan(plan_file, cluster=cl, other_cluster=other_cluster)
             cost_model = _cost_model(precision or the_plan.precision, optimizer)
             prof = _profile(the_plan.model, the_plan.seq)
             report = run_simulation(the_plan, cl, cost_model, prof)
@@ -116,9 +119,8 @@ def register(app: typer.Typer) -> None:
                           f"(plan predicted {the_plan.predicted.get('throughput', float('nan')):.2f} samples/s)")
         else:
             console.print(f"[red]infeasible:[/red] {report.infeasible_reason}")
-        table = Table(title="per device (energy modelled, per iteration)")
-        for col in ("device", "busy s", "utilization", "peak memory GiB", "limit GiB", "energy J"):
-            table.add_column(col, justify="right")
+        table = narrow_table("per device (energy modelled, per iteration)",
+                             ["device", "busy s", "busy %", "peak memory GiB", "limit GiB", "energy J"])
         for d, st in report.per_device.items():
             table.add_row(d, f"{st.busy_s:.3f}", f"{st.utilization:.0%}", f"{st.peak_memory_bytes / 2**30:.2f}",
                           f"{(st.memory_limit_bytes or 0) / 2**30:.1f}", f"{st.energy_j:.1f}")
@@ -150,9 +152,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"model": model, "cluster": cl.name, "batch": batch, "source": "simulated",
                                    "rows": [{k: v for k, v in r.items() if k != "plan"} for r in rows]}, indent=2))
             return
-        table = Table(title=f"{model} on {cl.name}, batch {batch} (simulated with the roofline cost model)")
-        for col in ("planner", "samples/s", "vs dp", "stages", "devices", "M", "memory headroom", "feasible"):
-            table.add_column(col, justify="right" if col not in ("planner", "feasible") else "left")
+        table = narrow_table(f"{model} on {cl.name}, batch {batch} (simulated with the roofline cost model)",
+                             ["planner", "samples/s", "vs dp", "stages", "devices", "M", "free", "fits"],
+                             left=("fits",))
         for r in rows:
             table.add_row(r["planner"], f"{r['throughput']:.2f}" if r["throughput"] else "-",
                           f"{r['speedup_over_dp']:.2f}x" if r["speedup_over_dp"] else "-",

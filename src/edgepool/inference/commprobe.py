@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepool.atomic import write_text_atomic
+from edgepool.runtime.netif import choose_gloo_interface
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def worker_main(job_path: str) -> None:
 
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(1)
+    choose_gloo_interface()  # on a real host: the interface that routes to MASTER_ADDR, not loopback
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=job.get("timeout_s", 300)))
     rank, world = dist.get_rank(), dist.get_world_size()
     hidden, rows, repeats = job["hidden"], job["rows"], job["repeats"]

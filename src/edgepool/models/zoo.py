@@ -1,8 +1,10 @@
 """The model zoo: every entry builds from a config (random weights), never from a download."""
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -162,10 +164,105 @@ def build_model(name: str, meta: bool | None = None, seed: int = 0, **overrides)
     return bundle
 
 
-def bundle_from_module(module: nn.Module, example_input: torch.Tensor, name: str = "custom",
-                       target_shape: tuple[int, ...] | None = None) -> ModelBundle:
-    """A user's own model: an `nn.Sequential` is cut between its children; anything else is one block."""
-    blocks = module if isinstance(module, nn.Sequential) else nn.Sequential(module)
+def bundle_from_module(module: nn.Module | Sequence[nn.Module], example_input: torch.Tensor, name: str = "custom",
+                       target_shape: tuple[int, ...] | None = None, split_children: bool = False) -> ModelBundle:
+    """A user's own model as blocks a pipeline can cut between, trained with MSE against random targets.
+
+    `module` is an `nn.Sequential` (cut between its children), a list of blocks applied in order, or any other
+    module. Another module is one block, which no planner can split across devices (a warning says so), unless
+    `split_children=True`: then its top-level children are the blocks, accepted only when applying them in order
+    gives the module's own output on `example_input` (its forward is a chain of them). `example_input` has a
+    batch dimension; the output shape (for the training targets) is measured by running it once.
+    `target_shape`, when given, must equal that per-sample output shape.
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
+        raise SpecError(field="example_input", value=type(example_input).__name__,
+                        accepted="a tensor whose first dimension is the batch, e.g. torch.zeros(1, 16)")
+    blocks = _blocks_of(module, example_input, split_children)
+    output_shape = list(_output_of(blocks, example_input).shape[1:])
+    if target_shape is not None and list(target_shape) != output_shape:
+        raise SpecError(field="target_shape", value=tuple(target_shape),
+                        accepted=f"the per-sample output shape of the model, {tuple(output_shape)} (targets are "
+                                 "regression targets of that shape; leave target_shape out to use it)")
     per_sample = example_input[:1]
     return ModelBundle(name=name, kind="custom", blocks=blocks, input_kind="tensor",
+                       config={"output_shape": output_shape},
                        custom_input=lambda b: per_sample.expand(b, *per_sample.shape[1:]).clone().normal_())
+
+
+def _blocks_of(module, example_input: torch.Tensor, split_children: bool) -> nn.Sequential:
+    if isinstance(module, nn.Sequential):
+        return module
+    if isinstance(module, (list, tuple, nn.ModuleList)):
+        for i, block in enumerate(module):
+            if not isinstance(block, nn.Module):
+                raise SpecError(field=f"module[{i}]", value=type(block).__name__, accepted="an nn.Module")
+        if not len(module):
+            raise SpecError(field="module", value=[], accepted="at least one block")
+        return nn.Sequential(*module)
+    if not isinstance(module, nn.Module):
+        raise SpecError(field="module", value=type(module).__name__,
+                        accepted="an nn.Sequential, a list of nn.Module blocks, or an nn.Module")
+    kind = type(module).__name__
+    if not split_children:
+        warnings.warn(f"{kind} is not an nn.Sequential, so it is one block and every plan keeps it whole on one "
+                      "device (data parallel only); to pipeline it pass a list of blocks, or split_children=True "
+                      "when its forward applies its top-level children in order", stacklevel=3)
+        return nn.Sequential(module)
+    children = nn.Sequential(*module.children())
+    reason = _chain_mismatch(module, children, example_input)
+    if reason:
+        raise SpecError(field="split_children", value=True, accepted=f"a module whose forward applies its "
+                        f"top-level children in order; {kind}'s does not ({reason})",
+                        hint="pass the blocks as a list instead")
+    return children
+
+
+def _chain_mismatch(module: nn.Module, children: nn.Sequential, x: torch.Tensor) -> str | None:
+    """Why the children applied in order are not the module (None when they are), compared in eval mode."""
+    if not len(children):
+        return "it has no children"
+    inputs = [x]
+    if x.is_floating_point():  # a random input too: zeros can hide a function applied between children
+        inputs.append(torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0)))
+    with _evaluating(module), torch.no_grad():
+        for sample in inputs:
+            want = module(sample)
+            try:
+                got = children(sample)
+            except Exception as exc:  # noqa: BLE001 - any failure means: not a chain
+                return f"applying the children in order fails: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            if not isinstance(want, torch.Tensor) or want.shape != got.shape or not torch.allclose(want, got):
+                return "applying the children in order gives another output"
+    return None
+
+
+def _output_of(blocks: nn.Sequential, example_input: torch.Tensor) -> torch.Tensor:
+    """One pass of the example through the blocks (on the meta device when the model is there)."""
+    x = example_input[:1]
+    if any(p.is_meta for p in blocks.parameters()):
+        x = x.to("meta")
+    with _evaluating(blocks), torch.no_grad():
+        for i, block in enumerate(blocks):
+            try:
+                x = block(x)
+            except Exception as exc:  # noqa: BLE001 - the user's model; name the block that failed
+                raise SpecError(field=f"blocks[{i}]", value=type(block).__name__,
+                                accepted="blocks that apply in order to example_input",
+                                hint=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            if not isinstance(x, torch.Tensor):
+                raise SpecError(field=f"blocks[{i}]", value=type(block).__name__,
+                                accepted="blocks that each return one tensor (the next block's input)")
+    return x
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module):
+    """Eval mode for a look at the model (no dropout, batch norm statistics untouched), then the modes it had."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

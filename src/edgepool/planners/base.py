@@ -124,7 +124,7 @@ def better(a: tuple[Plan, Estimate] | None, b: tuple[Plan, Estimate]) -> tuple[P
     """Pick the feasible plan with the higher predicted throughput (feasible beats infeasible)."""
     if a is None:
         return b
-    (pa, ea), (pb, eb) = a, b
+    (_, ea), (_, eb) = a, b
     if ea.feasible != eb.feasible:
         return a if ea.feasible else b
     if not ea.feasible:  # both infeasible: the one that misses by less

@@ -28,12 +28,14 @@ and the answer is min_q f_q(0, 0). The DP is exact over its space (contiguous bl
 pruning that makes it scale: devices of one kind are one class (rates and memory are computed per class),
 block sizes g are all sizes up to 16 devices, beyond that 1, 2, 3, 4 and powers of two, the end of the
 device's zone and of its run of one kind, and "all the rest"; blocks of the same make-up and links are
-costed once; at most 8 stages past 16 devices; the micro-batch count is found by a local search over the
-divisors of the batch (plus M = 1). Each optimum (per order, M and stage count) then becomes a `Plan`
-whose full estimate (fill and drain of the pipeline, all-reduce tail, exact transfers) ranks it: the
-bottleneck alone would always prefer more stages, even where the pipeline's fill costs more. The best four
-are replayed in the simulator (pure, no I/O) and the best replay wins; on up to 16 devices its cuts are
-then nudged one layer at a time while the replay improves.
+costed once; at most 8 stages past 16 devices; the micro-batch count is found, for every order, by a local
+search over the divisors of the batch (plus M = 1). Each optimum (per order, M and stage count) then becomes a
+`Plan` whose full estimate (fill and drain of the pipeline, all-reduce tail, exact transfers) ranks it: the
+bottleneck alone would always prefer more stages, even where the pipeline's fill costs more. The best four,
+and any other within 75 % of the best estimate (at most 32), are replayed in the simulator (pure, no I/O)
+and the best replay wins; on up to 16 devices its cuts are then nudged one layer at a time while the replay
+improves. On up to 16 devices that form several close groups (`planners.groups`), one pipeline per group run
+data parallel (dmp's plans) are replayed too, so hybrid is never below dmp there.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ import numpy as np
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
-from edgepool.planners.base import (better, check_request, effective_speed, infeasible_plan, make_plan,
+from edgepool.planners.base import (check_request, effective_speed, infeasible_plan, make_plan,
                                     microbatch_candidates, register, usable_devices)
 from edgepool.planners.costing import (LinkCache, byte_scale, device_mode, normalize_shares, optimizer_time,
                                        proportional_shares)
@@ -335,6 +337,16 @@ class HybridPlanner:
     name = "hybrid"
 
     def plan(self, profile, cluster, cost_model, batch, objective="throughput", constraints=None) -> Plan:
+        """One pipeline of data-parallel stages, or, on up to 16 devices in several close groups, one pipeline
+        per group run data parallel (`planners.groups`, dmp's plans): whichever the simulator replays faster."""
+        return self._plan(profile, cluster, cost_model, batch, objective, constraints, groups=True)
+
+    def plan_one_pipeline(self, profile, cluster, cost_model, batch, objective="throughput",
+                          constraints=None) -> Plan:
+        """The best single pipeline (what dmp plans each of its clusters with)."""
+        return self._plan(profile, cluster, cost_model, batch, objective, constraints, groups=False)
+
+    def _plan(self, profile, cluster, cost_model, batch, objective, constraints, groups: bool) -> Plan:
         constraints = check_request(batch, objective, constraints, cluster)
         devices = usable_devices(cluster, constraints)
         links = LinkCache(cluster)
@@ -356,19 +368,23 @@ class HybridPlanner:
             c = found[0]
             return c[1].throughput if c[1].feasible else -1.0 + c[1].headroom * 1e-9
 
-        # every order at a middle micro-batch count, then a local search over M (throughput is close to
-        # unimodal in M) for the best order
-        idx = len(candidates_m) // 2
-        o = max(range(len(orders)), key=lambda i: score(i, idx))
-        score(o, 0)  # no pipelining at all (M = 1) is often far from the middle: always look at it
-        while True:
-            nbrs = [i for i in (idx - 1, idx + 1) if 0 <= i < len(candidates_m)]
-            step = max(nbrs, key=lambda i: score(o, i), default=None)
-            if step is None or score(o, step) <= score(o, idx):
-                break
-            idx = step
+        # per order: M = 1 (no pipelining, often far from the middle) and a local search over M from the
+        # middle (throughput is close to unimodal in M). Every order gets both: the best order at one M is
+        # not the best at another (a device that is fastest alone at M = 1 may sit mid-order at M = 4).
+        for o in range(len(orders)):
+            score(o, 0)
+            idx = len(candidates_m) // 2
+            while True:
+                nbrs = [i for i in (idx - 1, idx + 1) if 0 <= i < len(candidates_m)]
+                step = max(nbrs, key=lambda i: score(o, i), default=None)
+                if step is None or score(o, step) <= score(o, idx):
+                    break
+                idx = step
         candidates = [c for found in cache.values() for c in found]
-        chosen = self._select(profile, cluster, cost_model, candidates, small=len(devices) <= SMALL_N)
+        small = len(devices) <= SMALL_N
+        grouped = self._group_candidates(profile, cluster, cost_model, batch, objective, constraints, devices,
+                                         links) if groups and small else []
+        chosen = self._select(profile, cluster, cost_model, candidates + grouped, small=small, must=grouped)
         if chosen is None or not chosen[1].feasible:
             return infeasible_plan(self.name, profile, cluster, cost_model, batch,
                                    "no split of the model over these devices fits every device's memory "
@@ -376,10 +392,26 @@ class HybridPlanner:
                                    devices)
         return chosen[0]
 
-    def _select(self, profile, cluster, cost_model, candidates, small: bool, top: int = 4, moves: int = 24):
-        """Replay the best few candidates (by the closed-form estimate) in the simulator and keep the best;
-        on small clusters also nudge the winner's cuts one layer at a time while the replay improves. The
-        closed form misses how transfers and the 1F1B order interact, which can reorder close candidates."""
+    def _group_candidates(self, profile, cluster, cost_model, batch, objective, constraints, devices, links):
+        from edgepool.planners.groups import close_groups, group_candidates
+
+        found = close_groups(cluster, devices, links)
+        if len(found) < 2:
+            return []
+
+        def plan_group(b: int, cons: dict) -> Plan:
+            return self.plan_one_pipeline(profile, cluster, cost_model, b, objective, cons)
+
+        return group_candidates(self.name, profile, cluster, cost_model, batch, constraints, found, plan_group, links)
+
+    def _select(self, profile, cluster, cost_model, candidates, small: bool, top: int = 4, moves: int = 24,
+                band: float = 0.75, most: int = 32, must=()):
+        """Replay candidates in the simulator and keep the best: the `top` by the closed-form estimate and every
+        other one within `band` of the best estimate (at most `most`); on small clusters also nudge the winner's
+        cuts one layer at a time while the replay improves; `must` are replayed whatever their estimate. The
+        closed form misses how transfers and the 1F1B order interact (up to 20 % on the benchmark), which can
+        reorder close candidates: a single device's estimate is exact, a pipeline's may be optimistic, so the
+        top few alone can all be pipelines."""
         from edgepool.simulator import simulate
 
         feasible = sorted((c for c in candidates if c[1].feasible), key=lambda c: -c[1].throughput)
@@ -396,11 +428,12 @@ class HybridPlanner:
             if key in seen:
                 continue
             seen.add(key)
-            scored.append((replay(c), c))
-            if len(scored) == top:
+            if len(scored) >= top and (c[1].throughput < band * feasible[0][1].throughput or len(scored) >= most):
                 break
+            scored.append((replay(c), c))
+        scored += [(replay(c), c) for c in must if c[1].feasible]
         best_tp, best = max(scored, key=lambda t: t[0])
-        if not small:
+        if not small or len(best[0].pipelines) > 1:
             return best
         tried = 0
         improved = True

@@ -85,11 +85,39 @@ def _custom_targets(bundle: ModelBundle, inputs: torch.Tensor, generator: torch.
     return torch.randn(inputs.shape[0], *shape, generator=generator)
 
 
-def make_optimizer(params, name: str = "sgd", lr: float = 0.01) -> torch.optim.Optimizer:
+class NoParameters:
+    """The optimizer of a stage that holds no parameters (only ReLU, pooling, reshapes): nothing to step.
+
+    torch's optimizers refuse an empty parameter list, yet a planner may well give such layers a stage."""
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+        self.param_groups: list[dict] = []
+
+    def step(self, closure=None) -> None:
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {"state": {}, "param_groups": []}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
+
+
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
+
+
+def make_optimizer(params, name: str = "sgd", lr: float = 0.01) -> torch.optim.Optimizer | NoParameters:
+    if name not in OPTIMIZERS:
+        raise SpecError(field="optimizer", value=name, accepted=", ".join(OPTIMIZERS))
+    params = list(params)
+    if not params:
+        return NoParameters()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "sgd-momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name in ("adam", "adamw"):
-        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(params, lr=lr)
-    raise SpecError(field="optimizer", value=name, accepted="sgd, sgd-momentum, adam, adamw")
+    return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(params, lr=lr)

@@ -14,6 +14,7 @@ from typing import Callable
 
 from edgepool.cluster import Cluster
 from edgepool.plan import Plan
+from edgepool.profile import check_seq
 from edgepool.report import Report
 from edgepool.runtime.data import ModelSpec, build_bundle
 from edgepool.runtime.emulation import (HostCalibration, calibrate_host, emulated_cluster, emulated_cost_model,
@@ -71,6 +72,7 @@ class Experiment:
         self.launcher = make_run_launcher(self.launcher_kind, self.cluster, **self.testbed_options)
         self.launcher.__enter__()
         bundle = build_bundle(self.model)
+        check_seq(bundle, self.seq)  # before minutes of calibration, not in a worker
         self.host = calibrate_host(bundle, self.calibration_batch or min(self.batch, 8), self.seq,
                                    optimizer=self.optimizer)
         if self.describe_launcher().get("launcher") == "testbed":  # how fast each device is under its quota

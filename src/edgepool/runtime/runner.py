@@ -73,6 +73,10 @@ def execute(plan: Plan, cluster: Cluster | None = None, launcher="local", steps:
             raise SpecError(field="plan devices", value=unknown, accepted=", ".join(cluster.devices),
                             hint="the plan was made for another cluster")
     model_spec = model if isinstance(model, ModelSpec) else ModelSpec(name=model or plan.model)
+    if model_spec.name and not model_spec.factory:  # a plan file's seq against the model, before anything starts
+        from edgepool.models import build_model
+        from edgepool.profile import check_seq
+        check_seq(build_model(model_spec.name, meta=True, **model_spec.overrides), plan.seq, field="plan.seq")
     layout = Layout(plan, batch)  # validates batch vs micro-batches before anything starts
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="edgepool-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +170,11 @@ def build_report(plan: Plan, cluster: Cluster | None, results: list[dict], batch
     timeline.sort(key=lambda e: (e.start, e.device))
     losses = [sum(r["losses"][k] for r in results if r["losses"]) for k in range(steps)]
     kind = launcher.get("launcher", "?")
-    where = (f"measured on {platform.node()} ({os.cpu_count()} CPU cores, shared with other jobs; "
-             f"{kind} launcher, gloo, one process per device, 1 torch thread each)"
+    hosts = {r.get("host") or platform.node(): r.get("cpu_count") or os.cpu_count() for r in results}
+    machine = (f"{platform.node()} ({os.cpu_count()} CPU cores, shared with other jobs; " if len(hosts) == 1
+               and platform.node() in hosts else  # results gathered from other hosts (`edgepool report gather`)
+               f"{len(hosts)} host(s) {', '.join(f'{h} ({n} CPU cores)' for h, n in sorted(hosts.items()))} (")
+    where = (f"measured on {machine}{kind} launcher, gloo, one process per device, 1 torch thread each)"
              + (f"; command: {command}" if command else ""))
     if launcher.get("fallback_reason"):
         where += f"; testbed unavailable ({launcher['fallback_reason']}), ran unshaped local processes"

@@ -18,8 +18,10 @@ import gc
 import importlib
 import json
 import os
+import platform
 import resource
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -258,7 +260,9 @@ class StageWorker:
         r0, _ = self.layout.device_rows(self.device, mb)
         grad = None if self.is_last else self._receive(mb, backward=True)
         t = time.time()
-        if self.is_last:
+        if not out.requires_grad:
+            pass  # a first stage without parameters: nothing before it to send a gradient to
+        elif self.is_last:
             out.backward()
         else:
             out.backward(grad)
@@ -344,7 +348,8 @@ class StageWorker:
             "losses": self.losses if self.is_last else [], "peak_rss_bytes": self.recorder.peak_rss,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "bytes_sent": self.bytes_sent, "allreduce_bytes": self.grad_sync.bytes_per_iteration,
-            "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+            "pid": os.getpid(), "torch_threads": torch.get_num_threads(), "host": platform.node(),
+            "cpu_count": os.cpu_count(),
         }
 
     def write_result(self) -> None:
@@ -359,6 +364,36 @@ def _load_hook(path: str) -> IterationHook:
     return getattr(importlib.import_module(module_name), attr)()
 
 
+def _connect(spec: WorkerSpec, rank: int, world: int, error_file: Path) -> None:
+    """Join the process group on the interface that routes to MASTER_ADDR, within the spec's timeout.
+
+    gloo's own connect can wait past its timeout when a peer died mid-connect (seen: 300 s with a 120 s timeout),
+    so a watchdog thread ends the process with one line in `error_file` and a non-zero exit."""
+    from edgepool.runtime.netif import choose_gloo_interface
+
+    device = os.environ.get("EDGEPOOL_DEVICE", f"rank {rank}")
+    ifname, how = choose_gloo_interface()
+    print(f"edgepool worker {device} (rank {rank} of {world}): {how}", file=sys.stderr, flush=True)
+    message = (f"{device} (rank {rank}) could not connect to all {world} workers within the plan's timeout of "
+               f"{spec.timeout_s:g} s (MASTER_ADDR={os.environ.get('MASTER_ADDR')}, "
+               f"GLOO_SOCKET_IFNAME={ifname}); check that every host runs its command and that the "
+               f"interface reaches the other hosts")
+    connected = threading.Event()
+
+    def watchdog() -> None:
+        if not connected.wait(spec.timeout_s + 5.0):  # a little after gloo's own timeout, which says more
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            write_text_atomic(error_file, message + "\n")
+            os._exit(3)
+
+    threading.Thread(target=watchdog, name="edgepool-connect-watchdog", daemon=True).start()
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                timeout=_dt.timedelta(seconds=spec.timeout_s))
+    finally:
+        connected.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -366,10 +401,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)
     spec = WorkerSpec.load(argv[0])
-    Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=_dt.timedelta(seconds=spec.timeout_s))
+    for stale in (f"result-rank{rank}.json", f"error-rank{rank}.txt"):  # an earlier run's, in a reused folder
+        (out / stale).unlink(missing_ok=True)
+    copy = out / "worker-spec.json"  # `edgepool report gather` reads the plan the results belong to from here
+    if Path(argv[0]).resolve() != copy.resolve():
+        try:
+            spec.save(copy)
+        except OSError:  # another rank of this host wrote it at the same moment
+            pass
     try:
+        _connect(spec, rank, world, out / f"error-rank{rank}.txt")
         worker = StageWorker(spec, rank, world)
         worker.run()
         worker.write_result()

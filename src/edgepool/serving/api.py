@@ -3,7 +3,8 @@
 One background thread runs the engine loop (continuous batching); HTTP handlers submit requests and read
 tokens from per-request asyncio queues. Admission is checked in the handler, so a request that can never
 fit gets 400 and a full queue gets 503 with Retry-After, before any streaming starts; once admitted, a
-request either finishes or ends with an explicit error event.
+request either finishes or ends with an explicit error event. Every error is in OpenAI's shape
+(`openai_errors`); a request ends early, finished, when its text reaches one of its `stop` strings.
 """
 from __future__ import annotations
 
@@ -15,28 +16,52 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgepool.serving.engine import Engine
+from edgepool.serving.openai_errors import error_response, install, unsupported_parameter
 from edgepool.serving.request import Request, RequestState
 from edgepool.serving.scheduler import RequestRejected
+from edgepool.serving.stop import MAX_STOP_STRINGS, StopStrings
 
 
 class CompletionRequest(BaseModel):
-    """The subset of OpenAI's completion request the engine honours; unknown fields are refused."""
+    """OpenAI's completion request: what the engine honours, plus OpenAI parameters it refuses by name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | list[int] = Field(description="text, or token ids")
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(description="text, or token ids")
     model: str | None = None
     max_tokens: int = Field(default=16, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stream: bool = False
     seed: int | None = None
     user: str | None = None
+    stop: str | list[str] | None = None
+    # answered with a 400 naming the parameter unless left at the value that means "not used"
+    n: Any = None
+    best_of: Any = None
+    echo: Any = None
+    logprobs: Any = None
+    suffix: Any = None
+    top_p: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_STOP_STRINGS:
+            raise ValueError(f"a list of 1 to {MAX_STOP_STRINGS} strings, got {len(value)}")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return value
 
 
 @dataclass
@@ -54,6 +79,7 @@ class EngineRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stops: dict[str, StopStrings] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
@@ -70,8 +96,8 @@ class EngineRunner:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def submit(self, prompt: str | list[int], max_tokens: int, temperature: float, seed: int | None
-               ) -> tuple[Request, asyncio.Queue]:
+    def submit(self, prompt: str | list[int], max_tokens: int, temperature: float, seed: int | None,
+               stop: StopStrings | None = None) -> tuple[Request, asyncio.Queue]:
         """Admit a request (raises RequestRejected) and return the queue its events arrive on."""
         request = self.engine.make_request(f"cmpl-{next(self._ids)}-{uuid.uuid4().hex[:8]}", prompt, max_tokens,
                                            temperature=temperature, seed=seed,
@@ -80,6 +106,8 @@ class EngineRunner:
         with self._lock:
             self.engine.add(request)
             self._listeners[request.request_id] = (asyncio.get_running_loop(), queue)
+            if stop:
+                self._stops[request.request_id] = stop
         self._wake.set()
         return request, queue
 
@@ -88,6 +116,17 @@ class EngineRunner:
             if not request.is_done:
                 self.engine.scheduler.abort(request, "cancelled: client went away")
             self._listeners.pop(request.request_id, None)
+            self._stops.pop(request.request_id, None)
+
+    def _stopped(self, batch: list[Request], finished: list[Request]) -> list[Request]:
+        """Requests of this step whose text now contains a stop string: finished early, their blocks freed."""
+        done = []
+        for request in batch:
+            stop = self._stops.get(request.request_id)
+            if stop and request not in finished and stop.cut(self.engine.tokenizer.decode(request.output_tokens))[1]:
+                self.engine.scheduler.finish_early(request)
+                done.append(request)
+        return done
 
     def _emit(self, request_id: str, event: _Event) -> None:
         listener = self._listeners.get(request_id)
@@ -109,23 +148,37 @@ class EngineRunner:
                         for request in self.engine.scheduler.live_requests():
                             self.engine.scheduler.abort(request, f"engine error: {error!r}")
                         continue
+                    finished = finished + self._stopped(plan.batch, finished)
                     for request in plan.batch:
                         self._emit(request.request_id, _Event("token", tokens[request.request_id]))
                     for request in finished:
                         self._emit(request.request_id, _Event("done", request))
                         self._listeners.pop(request.request_id, None)
+                        self._stops.pop(request.request_id, None)
             if not busy:
                 self._wake.wait(self.idle_sleep_s)
                 self._wake.clear()
 
 
-def _finish_reason(request: Request) -> str:
-    return "stop" if request.output_tokens and request.output_tokens[-1] == request.eos_token_id else "length"
+def _finish_reason(request: Request, stopped: bool = False) -> str:
+    eos = request.output_tokens and request.output_tokens[-1] == request.eos_token_id
+    return "stop" if stopped or eos else "length"
 
 
-def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, headers=headers,
-                        content={"error": {"message": message, "type": kind, "code": status}})
+def _error(status: int, message: str, kind: str, headers: dict | None = None, param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return error_response(status, message, kind, param=param, code=code, headers=headers)
+
+
+def _single_prompt(prompt: str | list) -> tuple[str | list[int] | None, JSONResponse | None]:
+    """One prompt: a string or token ids, or a list holding exactly one of them; several are refused."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        if len(prompt) != 1:
+            return None, _error(400, f"prompt = a list of {len(prompt)} prompts is not supported by this server; "
+                                "accepted: one prompt per request (a string or a list of token ids)",
+                                "invalid_request_error", param="prompt", code="unsupported_parameter")
+        prompt = prompt[0]
+    return prompt, None
 
 
 def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
@@ -140,6 +193,8 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
 
     app = FastAPI(title="edgepool serving", version="0.1", lifespan=lifespan)
     app.state.runner = runner
+    install(app)
+    created_at = int(time.time())
 
     @app.get("/health")
     async def health() -> dict:
@@ -148,28 +203,51 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
                 "waiting": len(sched.waiting), "swapped": len(sched.swapped),
                 "kv_blocks_used": engine.blocks.num_used, "kv_blocks_total": engine.blocks.num_blocks}
 
+    card = {"id": name, "object": "model", "created": created_at, "owned_by": "edgepool"}
+
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "edgepool"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        if model_id != name:
+            return _error(404, f"model = {model_id!r} is not served here; accepted: {name}",
+                          "invalid_request_error", param="model", code="model_not_found")
+        return card
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         if body.model is not None and body.model != name:
-            return _error(404, f"model = {body.model!r} is not served here; accepted: {name}", "model_not_found")
-        if isinstance(body.prompt, str) and not body.prompt:
+            return _error(404, f"model = {body.model!r} is not served here; accepted: {name}",
+                          "invalid_request_error", param="model", code="model_not_found")
+        refused = unsupported_parameter(body.model_dump())
+        prompt, refused = (None, refused) if refused else _single_prompt(body.prompt)
+        if refused:
+            return refused
+        if isinstance(prompt, str) and not prompt:
             return _error(400, "prompt is empty; accepted: a non-empty string or list of token ids",
-                          "invalid_request_error")
-        if isinstance(body.prompt, list) and not body.prompt:
+                          "invalid_request_error", param="prompt", code="invalid_value")
+        if isinstance(prompt, list) and not prompt:
             return _error(400, "prompt is an empty list; accepted: a non-empty list of token ids",
-                          "invalid_request_error")
+                          "invalid_request_error", param="prompt", code="invalid_value")
+        stop = StopStrings(body.stop)
         runner.start()
         try:
-            request, queue = runner.submit(body.prompt, body.max_tokens, body.temperature, body.seed)
+            request, queue = runner.submit(prompt, body.max_tokens, body.temperature, body.seed, stop)
         except RequestRejected as rejected:
             headers = {"Retry-After": "1"} if rejected.status == 503 else None
             kind = "server_overloaded" if rejected.status == 503 else "invalid_request_error"
-            return _error(rejected.status, rejected.message, kind, headers)
+            return _error(rejected.status, rejected.message, kind, headers,
+                          code="server_overloaded" if rejected.status == 503 else "invalid_value")
         created = int(time.time())
+
+        def text_now(final: bool) -> tuple[str, bool]:
+            """The response text so far (cut at a stop string; while streaming, less a possible stop's start)."""
+            text = engine.tokenizer.decode(request.output_tokens)
+            if not final and text.endswith("\ufffd"):
+                text = text.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
+            return stop.cut(text) if final or not stop else stop.safe(text)
 
         def chunk(text: str, finish: str | None) -> str:
             payload = {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
@@ -183,19 +261,21 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
                     while True:
                         event = await queue.get()
                         if event.kind == "token":
-                            text = engine.tokenizer.decode(request.output_tokens)
-                            if not text.endswith("\ufffd") and len(text) > len(sent):
+                            text, _ = text_now(final=False)
+                            if len(text) > len(sent):
                                 yield chunk(text[len(sent):], None)
                                 sent = text
                         elif event.kind == "done":
                             finished = True
-                            text = engine.tokenizer.decode(request.output_tokens)
-                            yield chunk(text[len(sent):], _finish_reason(request))
+                            text, stopped = text_now(final=True)
+                            yield chunk(text[len(sent):], _finish_reason(request, stopped))
                             yield "data: [DONE]\n\n"
                             return
                         else:
                             finished = True
-                            yield f"data: {json.dumps({'error': {'message': event.value, 'type': 'engine_error'}})}\n\n"
+                            error = {"message": event.value, "type": "server_error", "param": None,
+                                     "code": "engine_error"}
+                            yield f"data: {json.dumps({'error': error})}\n\n"
                             return
                 finally:
                     if not finished:
@@ -210,9 +290,10 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
                 raise HTTPException(status_code=500, detail=str(event.value))
         if request.state is not RequestState.FINISHED:
             raise HTTPException(status_code=500, detail=request.error or "request did not finish")
+        text, stopped = text_now(final=True)
         return {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
-                "choices": [{"text": engine.tokenizer.decode(request.output_tokens), "index": 0, "logprobs": None,
-                             "finish_reason": _finish_reason(request)}],
+                "choices": [{"text": text, "index": 0, "logprobs": None,
+                             "finish_reason": _finish_reason(request, stopped)}],
                 "usage": {"prompt_tokens": request.prompt_len, "completion_tokens": request.num_generated,
                           "total_tokens": request.prompt_len + request.num_generated}}
 

@@ -362,6 +362,14 @@ class Scheduler:
     def live_requests(self) -> list[Request]:
         return list(self.waiting) + self.swapped + self.running
 
+    def finish_early(self, request: Request) -> None:
+        """End a request before max_tokens (its text reached a stop string): finished, its blocks given back."""
+        for queue in (self.running, self.swapped, self.waiting):
+            if request in queue:
+                queue.remove(request)
+        self.blocks.free(request.request_id)
+        request.state, request.finish_time = RequestState.FINISHED, self.now
+
     def abort(self, request: Request, message: str) -> None:
         """Fail a request explicitly (executor error, client gone) and give back its blocks."""
         for queue in (self.running, self.swapped):

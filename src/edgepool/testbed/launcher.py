@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,17 +29,38 @@ log = logging.getLogger("edgepool.testbed")
 
 
 class WorkerFailed(RuntimeError):
-    """A worker exited with a non-zero status (or was killed); the other workers were stopped."""
+    """A worker exited with a non-zero status (or was killed); the other workers were stopped.
 
-    def __init__(self, device: str, rank: int, returncode: int, reason: str = "", log_tail: str = ""):
+    The message is one line: the device, the status and the cause (the last error line of its log); the
+    whole log stays at `log_path`, its last lines in `log_tail`.
+    """
+
+    def __init__(self, device: str, rank: int, returncode: int, reason: str = "", log_tail: str = "",
+                 log_path: Path | None = None):
         self.device, self.rank, self.returncode, self.reason, self.log_tail = device, rank, returncode, reason, log_tail
+        self.log_path = log_path
+        self.cause = failure_cause(log_tail)
         status = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
         message = f"worker {rank} (device {device!r}) failed: {status}"
-        if reason:
-            message += f"; {reason}"
-        if log_tail:
-            message += f"\n--- last lines of its log ---\n{log_tail}"
+        for part in (reason, self.cause):
+            if part and part not in message:
+                message += f"; {part}"
+        if log_path is not None:
+            message += f" (full log: {log_path})"
         super().__init__(message)
+
+
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Failed|Interrupt|Exit)\b|terminate called|"
+                         r"Fatal Python error|Killed\b|RuntimeError)")
+
+
+def failure_cause(log_tail: str) -> str:
+    """The line of a worker's log that says why it died: a Python exception's last line, or an abort message."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line):
+            return line[:300]
+    return ""
 
 
 @dataclass
@@ -203,7 +225,8 @@ class ProcessLauncher:
                 # when several have failed, the likely cause first: an explained death, a signal, the lowest rank
                 reason, failed = min(failures, key=lambda f: (not f[0], f[1].poll() > 0, f[1].rank))
                 self.stop_workers()
-                raise WorkerFailed(failed.device, failed.rank, failed.poll(), reason, _tail(failed.log_path))
+                raise WorkerFailed(failed.device, failed.rank, failed.poll(), reason, _tail(failed.log_path),
+                                   failed.log_path)
             if all(c == 0 for c in codes.values()):
                 return codes
             if deadline is not None and time.monotonic() > deadline:
