@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 LATEST := .venv-latest
 LOCKER := .venv-lock
 
-.PHONY: install demo test test-fast test-latest lock clean
+.PHONY: install demo test test-fast test-latest lock docs clean
 
 # A fresh venv each time the lock or pyproject.toml changes, so nothing outside the lock survives in it;
 # `pip check` then fails if the lock misses a dependency that pyproject.toml asks for.
@@ -50,6 +50,10 @@ test-latest:
 	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|peft|numpy|pydantic|typer|fastapi)=='
 	$(LATEST)/bin/python -m pytest -q -m "not slow"
 
+# The documentation site (MkDocs + Material) in site/; --strict turns every warning (a broken link) into an error.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 lock:
 	$(PYTHON) -m venv $(LOCKER)
 	$(LOCKER)/bin/pip install pip==$(PIP_VERSION) $(PIP_TOOLS)
@@ -58,4 +62,4 @@ lock:
 		-c $(LOCK_CONSTRAINTS) -o $(LOCK) pyproject.toml
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCKER) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LATEST) $(LOCKER) site build *.egg-info src/*.egg-info
