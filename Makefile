@@ -52,7 +52,7 @@ test-latest:
 
 # The documentation site (MkDocs + Material) in site/; --strict turns every warning (a broken link) into an error.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lock:
 	$(PYTHON) -m venv $(LOCKER)

@@ -5,7 +5,7 @@ Each step the scheduler decides which requests run (prefill, recompute or decode
 are admitted. A `Policy` answers the four questions that differ between systems: how much KV cache to
 reserve for a request, which request to preempt, how (recompute or swap), and how to adapt over time.
 
-Policies (see docs/readme/serving.md for the sources):
+Policies (see docs/areas/serving.md for the sources; docs/guides/add-serving-policy.md to add one):
   (a) `vllm`        vLLM v0 style: FCFS, blocks allocated on demand, the newest request preempted by recompute.
   (b) `max-reserve` reserve KV for prompt + max_new_tokens at admission: never preempts, admits few.
   (c) `padding`     CacheOPT-style confidence-aware padding: book prompt + predicted length and admit only while
