@@ -54,7 +54,7 @@ def _hundred_layers(cache: dict):
 
 
 def _scenario(name, profile, cluster, cost_model, batch, link):
-    from edgepool.simulator import compare_planners
+    from edgepool.planners.compare import compare_planners
     rows = compare_planners(profile, cluster, cost_model, batch, ["hybrid", "dmp", *BASELINES])
     res = {r["planner"]: {"throughput": r["throughput"], "predicted": r["predicted_throughput"],
                           "feasible": r["feasible"], "why_not": r["why_not"], "stages": r["stages"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 
 K = 5  # checkpoint every K iterations (baseline)
 STEPS = 12

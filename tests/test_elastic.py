@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgepool.elastic.recovery import (ElasticRun, FailureSpec, JoinSpec, block_sources, block_transfers,
-                                       parse_failure)
+from edgepool.cli.elastic import parse_failure
+from edgepool.elastic.handover import block_sources, block_transfers
+from edgepool.elastic.recovery import ElasticRun, FailureSpec, JoinSpec
 from edgepool.errors import SpecError
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.runtime import ModelSpec, reference_train
@@ -35,6 +36,20 @@ def test_parse_failure_accepts_device_at_step_and_names_the_field():
         parse_failure("jetson-3")
 
 
+def test_device_at_is_read_one_way_for_steps_and_seconds_and_errors_name_the_callers_field():
+    from edgepool.cli.elastic import parse_events
+    from edgepool.events import DeviceFailure, DeviceJoin, parse_device_at, seconds_number, step_number
+
+    assert parse_device_at("pi@2", step_number, field="failures", accepted="DEVICE@STEP") == ("pi", 2)
+    assert parse_device_at(" pi@12.5", seconds_number, field="events", accepted="DEVICE@SECONDS") == ("pi", 12.5)
+    for text in ("pi@-1", "pi@x", "pi", "@3", "a@b@3"):
+        with pytest.raises(SpecError, match="^failures = "):
+            parse_device_at(text, step_number, field="failures", accepted="DEVICE@STEP")
+    assert parse_events(["a@1"], ["b@2.5"], ["a", "b"]) == [DeviceFailure("a", 1.0), DeviceJoin("b", 2.5)]
+    with pytest.raises(SpecError, match="^--join = 'z'"):
+        parse_events(["a@1"], ["z@2"], ["a", "b"])
+
+
 def test_dead_devices_blocks_come_from_its_replica_holder():
     old = pipeline(["a", "b", "c"])  # a: 0-2, b: 2-4, c: 4-6; b's replica lives on c (ring successor)
     sources = block_sources(old, ["a", "c"], BATCH)
@@ -57,7 +72,7 @@ def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
     from edgepool.models import build_model
     from edgepool.planners import get_planner
     from edgepool.profile import profile_model
-    from edgepool.simulator import DeviceFailure
+    from edgepool.events import DeviceFailure
 
     cluster = load_cluster("home")
     profile = profile_model(build_model("resnet18", meta=True), batch=1)

@@ -8,7 +8,7 @@ import stat
 import matplotlib.pyplot as plt
 
 from edgepool.atomic import atomic_path, write_text_atomic
-from edgepool.plotting import draw_gantt, draw_pareto, gantt_figure
+from edgepool.plotting import draw_gantt, draw_pareto, draw_series, gantt_figure
 from edgepool.report import Report, TimelineEvent
 
 
@@ -61,3 +61,17 @@ def test_gantt_title_and_legend_clear_of_the_panels():
                 assert not overlaps(legend, ax.get_window_extent(renderer)), n
         finally:
             plt.close(fig)
+
+
+def test_series_and_a_given_pareto_front_are_written_like_the_other_outputs(tmp_path):
+    """The CLI's throughput-over-time and mode-front plots go through the same atomic writer."""
+    old = os.umask(0o022)
+    try:
+        series = draw_series({"replay": [(0.0, 80.0), (2.0, 32.0)], "checkpoint": [(0.0, 80.0), (2.0, 0.0)]},
+                             tmp_path / "throughput.png", "time (s)", "samples/s", title="t")
+        points = [(0.1 * i, 40.0 - i) for i in range(300)]
+        front = draw_pareto(points, tmp_path / "front.png", front=[0, 299], highlight=5, highlight_label="chosen")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in (series, front)} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["front.png", "throughput.png"]

@@ -7,11 +7,13 @@ import pytest
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.device import Device
+from edgepool.elastic.sim_events import simulate_elastic
 from edgepool.errors import SpecError
+from edgepool.events import DeviceFailure, LinkChange
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.planners.costing import estimate
 from edgepool.profile import LayerProfile, ModelProfile
-from edgepool.simulator import DeviceFailure, LinkChange, simulate, stage_order
+from edgepool.simulator import simulate, stage_order
 
 GFLOP = 1e9
 
@@ -128,19 +130,24 @@ def test_failure_events_forward_to_the_elastic_simulation():
         stage = StagePlan(layers=(0, 2), devices=[devices[0]], shares=[1.0])
         return plan.model_copy(update={"pipelines": [PipelinePlan(stages=[stage])]})
     base = simulate(plan, cl, CostModel(), prof)
-    report = simulate(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 25.0)], replan=replan,
-                      duration_s=100.0, detection_s=1.0)
+    report = simulate_elastic(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 25.0)], replan=replan,
+                              duration_s=100.0, detection_s=1.0)
     timeline = report.metrics["events"]
     assert [s["kind"] for s in timeline["segments"]] == ["train", "recovery", "train"]
     assert timeline["segments"][-1]["devices"] == ["d0"]
+    # the same segments as typed timeline events, one per device and segment
+    assert [(e.device, e.kind, e.start, e.end) for e in report.timeline] == [
+        (d, s["kind"], s["start_s"], s["end_s"]) for s in timeline["segments"] for d in s["devices"]]
+    assert [(e.device, e.kind) for e in report.timeline] == [("d0", "train"), ("d1", "train"), ("d0", "recovery"),
+                                                              ("d0", "train")]
     assert report.source == "simulated" and "device event" in report.where
     assert report.metrics["throughput_before"] == pytest.approx(base.throughput)
     assert report.metrics["throughput_after"] < base.throughput  # one device does both stages' work now
     assert 0 < report.throughput < base.throughput
     with pytest.raises(NotImplementedError, match="link changes"):
-        simulate(plan, cl, CostModel(), prof, events=[LinkChange("d0", "d1", 1e3, 1.0)], replan=replan)
+        simulate_elastic(plan, cl, CostModel(), prof, events=[LinkChange("d0", "d1", 1e3, 1.0)], replan=replan)
     with pytest.raises(SpecError, match="replan"):  # "hand" is no registered planner that could re-plan
-        simulate(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 5.0)])
+        simulate_elastic(plan, cl, CostModel(), prof, events=[DeviceFailure("d1", 5.0)])
 
 
 def test_multi_pipeline_includes_cross_pipeline_allreduce():

@@ -1,4 +1,4 @@
-"""Plots with matplotlib's Agg backend: pipeline Gantt charts of Reports and Pareto fronts.
+"""Plots with matplotlib's Agg backend: pipeline Gantt charts of Reports, Pareto fronts, series over time.
 
 `draw_gantt` takes any `Report` (simulated or measured: both carry `timeline` events) or several, drawn side
 by side on one time scale so a simulated and a measured run of one plan compare at a glance.
@@ -6,7 +6,7 @@ by side on one time scale so a simulated and a measured run of one plan compare 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -98,17 +98,29 @@ def pareto_front(points: Iterable[tuple[float, float]], minimize_x: bool = True,
 
 
 def draw_pareto(points: Sequence, path: str | Path, x_label: str = "x", y_label: str = "y",
-                minimize_x: bool = True, maximize_y: bool = True, title: str | None = None) -> Path:
-    """Scatter of (x, y) or (x, y, label) points with the Pareto front drawn as a line."""
+                minimize_x: bool = True, maximize_y: bool = True, title: str | None = None,
+                front: Sequence[int] | None = None, highlight: int | None = None,
+                highlight_label: str = "chosen", points_label: str = "points") -> Path:
+    """Scatter of (x, y) or (x, y, label) points with the Pareto front drawn as a line.
+
+    `front`: the front's indices when the caller computed it already (else `pareto_front`); `highlight`: the
+    index of one point to mark with a star (a chosen mode, say), named `highlight_label` in the legend."""
     if not points:
         raise ValueError("draw_pareto needs at least one point")
     xy = [(float(p[0]), float(p[1])) for p in points]
     labels = [p[2] if len(p) > 2 else None for p in points]
-    front = sorted(pareto_front(xy, minimize_x, maximize_y), key=lambda i: xy[i][0])
+    if front is None:
+        front = pareto_front(xy, minimize_x, maximize_y)
+    front = sorted(front, key=lambda i: xy[i][0])
+    many = len(xy) > 200  # thousands of modes: small, see-through dots
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([x for x, _ in xy], [y for _, y in xy], s=14, color="#8C8C8C", label="points")
-    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-o", color="#C44E52", ms=4,
+    ax.scatter([x for x, _ in xy], [y for _, y in xy], s=4 if many else 14, alpha=0.35 if many else 1.0,
+               color="#8C8C8C", label=points_label)
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-o", color="#C44E52", ms=2 if many else 4,
             label="Pareto front")
+    if highlight is not None:
+        ax.scatter([xy[highlight][0]], [xy[highlight][1]], s=60, marker="*", color="k", label=highlight_label,
+                   zorder=3)
     for (x, y), label in zip(xy, labels):
         if label:
             ax.annotate(str(label), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -117,4 +129,24 @@ def draw_pareto(points: Sequence, path: str | Path, x_label: str = "x", y_label:
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def draw_series(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, x_label: str = "x",
+                y_label: str = "y", title: str | None = None, steps: bool = True) -> Path:
+    """One line per label through its (x, y) points; with `steps` each value holds until the next x (a rate
+    per time bin, say)."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for label, points in series.items():
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        if steps:
+            ax.step(xs, ys, where="post", label=label)
+        else:
+            ax.plot(xs, ys, label=label)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend()
     return _save(fig, path)

@@ -16,47 +16,16 @@ Energy is modelled (busy time at full dynamic power, the rest at idle power), pe
 from __future__ import annotations
 
 import heapq
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
-from edgepool.device import Device
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.planners.costing import (LinkCache, cross_pipeline_allreduce, device_mode, memory_per_device,
                                        memory_problem, pipeline_costs, shared_gradient_syncs)
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
-
-
-# ----------------------------------------------------------------------------- events (what can happen)
-@dataclass(frozen=True)
-class DeviceFailure:
-    """`device` stops at `at_s` seconds into the run and does not come back."""
-    device: str
-    at_s: float
-
-
-@dataclass(frozen=True)
-class DeviceJoin:
-    """`device` (a name in the cluster, or a new `Device`) becomes available at `at_s`."""
-    device: Union[str, Device]
-    at_s: float
-
-
-@dataclass(frozen=True)
-class LinkChange:
-    """The link between `a` and `b` changes to `bandwidth` bytes/s (and latency) at `at_s`."""
-    a: str
-    b: str
-    bandwidth: float
-    at_s: float
-    latency_s: float | None = None
-
-
-Event = Union[DeviceFailure, DeviceJoin, LinkChange]
 
 
 # ----------------------------------------------------------------------------- the replay
@@ -141,22 +110,17 @@ def _run(ops: list[_Op], programs: dict[object, list[int]]) -> None:
         raise RuntimeError(f"simulator deadlock: {len(ops) - done} operations never became ready")
 
 
-def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
-             events: Sequence[Event] = (), *, replan: Callable[[list[str]], Plan] | None = None,
-             duration_s: float | None = None, recovery: str = "replay", **recovery_options) -> Report:
+def describe_simulator(cost_model: CostModel) -> str:
+    """What produced a simulated figure: the simulator and its cost model (a `Report`'s `where` starts so)."""
+    return (f"edgepool simulator: {type(cost_model).__name__} (roofline, precision {cost_model.precision}, "
+            f"optimizer {cost_model.optimizer})")
+
+
+def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile) -> Report:
     """Replay one iteration of `plan` on `cluster`; a `Report` with source="simulated".
 
-    With `events` (device failures and joins) the pool runs on over time instead, as
-    `edgepool.elastic.sim_events.simulate_with_events` models it: detection, re-planning with `replan(devices)`
-    (default: the plan's own planner), state transfer and `recovery` ("replay": pipeline replay from in-memory
-    replicas; "checkpoint": restart from the last checkpoint), for `duration_s` seconds (default: the last event
-    plus as long again, at least 20 iterations). `recovery_options` go to it (detection_s, restart_s,
-    checkpoint_every, disk_bandwidth). The report's throughput is then the average over the run and its
-    `metrics["events"]` the timeline: segments, recoveries and every iteration's completion time.
+    Device failures and joins over time are `edgepool.elastic.sim_events.simulate_elastic`, which composes this.
     """
-    if events:
-        return _simulate_events(plan, cluster, cost_model, profile, events, replan, duration_s, recovery,
-                                recovery_options)
     for d in plan.devices:
         if d not in cluster.devices:
             raise SpecError(field="plan.pipelines.stages.devices", value=d,
@@ -287,8 +251,7 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
         "memory_headroom": min(1 - memory[d] / cluster.devices[d].memory_bytes for d in memory),
         "in_flight": {f"{p}.{s}": k for (p, s), k in max_in_flight.items()},
     }
-    where = (f"edgepool simulator: {type(cost_model).__name__} (roofline, precision {cost_model.precision}, "
-             f"optimizer {cost_model.optimizer}); one iteration replayed")
+    where = f"{describe_simulator(cost_model)}; one iteration replayed"
     feasible = problem is None and plan.feasible
     reason = problem or (plan.infeasible_reason if not plan.feasible else None)
     return Report(source="simulated", where=where, planner=plan.planner, model=plan.model, cluster=cluster.name,
@@ -296,70 +259,3 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
                   throughput=plan.batch / iteration if feasible and iteration > 0 else None,
                   iteration_time_s=iteration if feasible else None, per_device=per_device, timeline=timeline,
                   metrics=metrics)
-
-
-def _simulate_events(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
-                     events: Sequence[Event], replan, duration_s: float | None, recovery: str,
-                     options: dict) -> Report:
-    from edgepool.elastic.sim_events import simulate_with_events  # imported here: it builds on this module
-
-    changes = [e for e in events if isinstance(e, LinkChange)]
-    if changes:
-        raise NotImplementedError(f"link changes ({changes[0]}) are not modelled by the simulator yet; "
-                                  "simulate device failures and joins only")
-    for e in events:
-        name = e.device if isinstance(e.device, str) else e.device.name
-        if name not in cluster.devices:
-            raise SpecError(field="events.device", value=name, accepted=", ".join(cluster.devices),
-                            hint="a failing or joining device must be a device of the cluster")
-    base = simulate(plan, cluster, cost_model, profile)
-    if not base.feasible:
-        return base
-    if replan is None:
-        from edgepool.planners import get_planner, planner_names
-
-        if plan.planner not in planner_names():
-            raise SpecError(field="replan", value=None, accepted="a function devices -> Plan",
-                            hint=f"the plan's planner {plan.planner!r} is not registered, so it cannot re-plan")
-        planner = get_planner(plan.planner)
-
-        def replan(devices: list[str]) -> Plan:
-            return planner.plan(profile, cluster, cost_model, plan.batch, constraints={"devices": list(devices)})
-    if duration_s is None:
-        last = max(e.at_s for e in events)
-        duration_s = last + max(last, 20 * base.iteration_time_s)
-    timeline = simulate_with_events(plan, cluster, cost_model, profile, events, replan, duration_s,
-                                    mode=recovery, **options)
-    done = len(timeline.iterations)
-    end = max([duration_s] + [t for _, t in timeline.iterations])
-    trains = [seg for seg in timeline.segments if seg.kind == "train"]
-    metrics = {**base.metrics, "events": timeline.to_dict(), "duration_s": end, "iterations": done,
-               "throughput_before": trains[0].throughput, "throughput_after": trains[-1].throughput}
-    where = base.where.replace("one iteration replayed", f"{end:.4g} s with {len(events)} device event(s) and "
-                               f"{recovery} recovery (edgepool.elastic.sim_events)")
-    return base.model_copy(update={"where": where, "throughput": done * plan.batch / end,
-                                   "iteration_time_s": end / done if done else None, "metrics": metrics})
-
-
-def compare_planners(profile, cluster, cost_model, batch: int, planners: list[str] | None = None) -> list[dict]:
-    """Every planner on one problem: its plan, the simulator's replay, and the figures side by side
-    (throughput, speed-up over `dp`, memory headroom, feasible or why not, planning CPU time)."""
-    from edgepool.planners import get_planner, planner_names
-
-    rows = []
-    names = planners or planner_names()
-    for name in names:
-        start = time.process_time()
-        plan = get_planner(name).plan(profile, cluster, cost_model, batch)
-        seconds = time.process_time() - start
-        report = simulate(plan, cluster, cost_model, profile)
-        rows.append({"planner": name, "feasible": report.feasible, "why_not": report.infeasible_reason,
-                     "throughput": report.throughput, "predicted_throughput": plan.predicted.get("throughput"),
-                     "iteration_time_s": report.iteration_time_s,
-                     "memory_headroom": report.metrics.get("memory_headroom"),
-                     "stages": [len(p.stages) for p in plan.pipelines], "devices_used": len(plan.devices),
-                     "microbatches": plan.microbatches, "plan_cpu_s": seconds, "plan": plan})
-    dp = next((r["throughput"] for r in rows if r["planner"] == "dp" and r["throughput"]), None)
-    for r in rows:
-        r["speedup_over_dp"] = (r["throughput"] / dp) if dp and r["throughput"] else None
-    return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 DEMO_MODEL = dict(vocab_size=2048, n_positions=128, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0,
@@ -46,6 +47,19 @@ def pooling_note(chosen, solo, emulated) -> str:
             f"between stages, '+' inside a stage's group): {gain:.2f}x {solo.planner} in simulation. Speeds "
             f"relative to the fastest: {rel}"
             + (f"; left out: {', '.join(left)} (too slow to pay for its share)" if left else ""))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        output: Path = typer.Option(Path("out/demo"), "-o", "--output", file_okay=False,
+                                    help="Folder for report.json and the Gantt."),
+        launcher: str = typer.Option("testbed", help="testbed (falls back to local without root) or local."),
+        steps: int = typer.Option(3, min=2, help="Iterations per run (the first is warm-up)."),
+    ) -> None:
+        """The main job: plan a small Transformer on the home cluster; run the best plan, which pools several
+        devices, and the best single device for real."""
+        run_demo(output, launcher, steps)
 
 
 def run_demo(output: Path, launcher: str, steps: int) -> None:

@@ -9,6 +9,49 @@ import typer
 from rich.console import Console
 
 from edgepool.atomic import write_text_atomic
+from edgepool.errors import SpecError
+
+_FLAGS = {"failures": "--fail", "joins": "--join"}  # ElasticRun's parameters as this command spells them
+
+
+def parse_failure(text: str):
+    """`--fail DEVICE@STEP` of train-elastic -> a `FailureSpec`."""
+    from edgepool.elastic.recovery import FailureSpec
+    from edgepool.events import parse_device_at, step_number
+
+    device, step = parse_device_at(text, step_number, field="--fail",
+                                   accepted="DEVICE@STEP, e.g. laptop@3 (kill -9 of that device's worker during "
+                                            "iteration 3)")
+    return FailureSpec(device, step)
+
+
+def parse_join(text: str, devices=None):
+    """`--join DEVICE@STEP` of train-elastic -> a `JoinSpec` (with `devices`, one of them)."""
+    from edgepool.elastic.recovery import JoinSpec
+    from edgepool.events import parse_device_at, step_number
+
+    device, step = parse_device_at(text, step_number, field="--join", accepted="DEVICE@STEP, e.g. rpi5@2",
+                                   devices=devices)
+    return JoinSpec(device, step)
+
+
+def parse_events(fail: list[str], join: list[str], devices) -> list:
+    """`--fail/--join DEVICE@SECONDS` of simulate-failure -> `DeviceFailure`/`DeviceJoin` events."""
+    from edgepool.events import DeviceFailure, DeviceJoin, parse_device_at, seconds_number
+
+    events = []
+    for flag, texts, cls in (("--fail", fail, DeviceFailure), ("--join", join, DeviceJoin)):
+        for text in texts or []:
+            name, seconds = parse_device_at(text, seconds_number, field=flag,
+                                            accepted="DEVICE@SECONDS, e.g. jetson@30", devices=devices)
+            events.append(cls(name, seconds))
+    return events
+
+
+def _as_flag(exc: SpecError) -> SpecError:
+    """The same error, naming this command's flag where the library named its parameter."""
+    return SpecError(field=_FLAGS.get(exc.field, exc.field), value=exc.value, accepted=exc.accepted,
+                     source=exc.source, hint=exc.hint)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,24 +82,25 @@ def register(app: typer.Typer) -> None:
         """Train for real (local processes or the testbed) while devices fail and join; report recovery times."""
         from edgepool.cli.runtime import _overrides
         from edgepool.cluster import load_cluster
-        from edgepool.elastic.recovery import ElasticRun, default_replan, parse_failure, parse_join
-        from edgepool.errors import SpecError
+        from edgepool.elastic.recovery import ElasticRun
+        from edgepool.elastic.replan import default_replan
         from edgepool.runtime.data import ModelSpec
 
         spec = load_cluster(cluster)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
         failures = [parse_failure(f) for f in fail or []]
-        joins = [parse_join(j) for j in join or []]
-        for j in joins:
-            if j.device not in spec.devices:
-                raise SpecError(field="--join", value=j.device, accepted=", ".join(spec.devices))
+        joins = [parse_join(j, spec.devices) for j in join or []]
         replan = default_replan(planner, model_spec, spec, batch, seq)
         start = [d for d in spec.devices if d not in {j.device for j in joins}]
         plan = replan(start)
-        outcome = ElasticRun(plan, model_spec, steps, replan, mode=mode, batch=batch, seq=seq, lr=lr,
+        try:
+            run = ElasticRun(plan, model_spec, steps, replan, mode=mode, batch=batch, seq=seq, lr=lr,
                              failures=failures, joins=joins, checkpoint_every=checkpoint_every,
                              heartbeat_timeout_s=heartbeat_timeout, out_dir=output,
-                             pace_s=0.2 if joins else 0.0, launcher=launcher, cluster=spec).run()
+                             pace_s=0.2 if joins else 0.0, launcher=launcher, cluster=spec)
+        except SpecError as exc:
+            raise _as_flag(exc) from None
+        outcome = run.run()
         result = {"source": "measured", "mode": mode, "plans": [p.devices for p in outcome.plans],
                   "recoveries": outcome.recovery_times(), "samples": outcome.samples,
                   "events": [{k: v for k, v in e.items() if k != "after"} for e in outcome.events],
@@ -97,30 +141,18 @@ def register(app: typer.Typer) -> None:
         """Simulated throughput over time across failures/joins: pipeline replay vs checkpoint restart."""
         from edgepool.cluster import load_cluster
         from edgepool.costmodel import CostModel
+        from edgepool.elastic.replan import replanner
         from edgepool.elastic.sim_events import simulate_with_events
-        from edgepool.errors import SpecError
+        from edgepool.events import DeviceJoin
         from edgepool.models import build_model
-        from edgepool.planners import get_planner
         from edgepool.profile import profile_model
-        from edgepool.simulator import DeviceFailure, DeviceJoin
 
         spec = load_cluster(cluster)
         profile = profile_model(build_model(model, meta=True), batch=1)
         cm = CostModel(optimizer="sgd")
-        events = []
-        for text, cls in [(f, DeviceFailure) for f in fail or []] + [(j, DeviceJoin) for j in join or []]:
-            name, _, at = text.partition("@")
-            try:
-                seconds = float(at)
-            except ValueError:
-                raise SpecError(field="--fail/--join", value=text, accepted="DEVICE@SECONDS, e.g. jetson@30") from None
-            if name not in spec.devices:
-                raise SpecError(field="--fail/--join", value=name, accepted=", ".join(spec.devices))
-            events.append(cls(name, seconds))
+        events = parse_events(fail, join, spec.devices)
         joining = {e.device for e in events if isinstance(e, DeviceJoin)}
-
-        def replan(ds):
-            return get_planner(planner).plan(profile, spec, cm, batch, constraints={"devices": list(ds)})
+        replan = replanner(planner, profile, spec, cm, batch)
         plan = replan([d for d in spec.devices if d not in joining])
         timelines = {m: simulate_with_events(plan, spec, cm, profile, events, replan, duration, mode=m,
                                              detection_s=detection, restart_s=restart,
@@ -129,7 +161,10 @@ def register(app: typer.Typer) -> None:
         result = {"source": "simulated", "cluster": spec.name, "model": model,
                   **{m: t.to_dict() for m, t in timelines.items()}}
         if plot is not None:
-            _plot(timelines, plot, f"{model} on {spec.name} (simulated)")
+            from edgepool.plotting import draw_series
+
+            draw_series({m: t.throughput_curve() for m, t in timelines.items()}, plot, x_label="time (s)",
+                        y_label="samples/s", title=f"{model} on {spec.name} (simulated)")
             result["plot"] = str(plot)
         if as_json:
             typer.echo(json.dumps(result))
@@ -142,23 +177,3 @@ def register(app: typer.Typer) -> None:
                               f"{r['regained_s']:.2f} s (simulated)")
             out.print(f"{m}: {len(t.iterations)} iterations in {duration:.0f} s (simulated)")
 
-
-def _plot(timelines, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for mode, tl in timelines.items():
-        span = max(tl.iterations[-1][1] / 60, 0.5) if tl.iterations else 1.0
-        series = tl.throughput_series(span)
-        ax.step([s for s, _ in series], [v for _, v in series], where="post", label=mode)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("samples/s")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
 power_app = typer.Typer(help="Power modes: profiles, predictors, Pareto fronts, rooflines, Fulcrum searches.",
@@ -18,35 +19,16 @@ def register(app: typer.Typer) -> None:
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1, default=str))
 
 
-def _plot_pareto(path: Path, times, powers, front: list[int], title: str, chosen: int | None,
-                 label: str) -> Path:
-    import matplotlib
+def _plot_pareto(path: Path, times, powers, front: list[int], title: str, chosen: int | None = None,
+                 label: str = "chosen") -> Path:
+    from edgepool.plotting import draw_pareto
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(times, powers, s=4, alpha=0.35, label="modes")
-    ax.plot([times[i] for i in front], [powers[i] for i in front], "r.-", label="Pareto front")
-    if chosen is not None:
-        ax.scatter([times[chosen]], [powers[chosen]], s=60, marker="*", color="k", label=label)
-    ax.set_xlabel("time per minibatch (s)")
-    ax.set_ylabel("power (W, modelled)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return draw_pareto(list(zip(times, powers)), path, x_label="time per minibatch (s)",
+                       y_label="power (W, modelled)", title=title, front=front, highlight=chosen,
+                       highlight_label=label, points_label="modes")
 
 
 def _jetson_sweep(device: str, model: str, batch: int, phase: str, precision: str):
@@ -141,7 +123,7 @@ def predict_cmd(
                                "measured_time_s": float(c)} for m, a, b, c in zip(modes, pred_t, pred_p, t)]}
     _write_json(out / "predict.json", result)
     _plot_pareto(out / "pareto.png", pred_t, pred_p, front, f"PowerTrain transfer to {workload} "
-                 f"({samples} modes), predicted", None, "")
+                 f"({samples} modes), predicted")
     typer.echo(f"time MAPE on {len(hold)} held-out modes: {result['time_mape_held_out']:.1f}% "
                f"(linear scaling {result['linear_scaling_mape_held_out']:.1f}%); wrote {out}/predict.json, "
                f"{out}/pareto.png")

@@ -1,4 +1,4 @@
-"""Runtime commands: `edgepool train` (run a plan for real) and `edgepool demo` (the main job)."""
+"""Runtime commands: `edgepool train` (run a plan for real), and the tables and charts `edgepool demo` shares."""
 from __future__ import annotations
 
 import json
@@ -146,19 +146,6 @@ def register(app: typer.Typer) -> None:
                   f"loss {report.metrics['loss_per_step'][0]:.4f} -> {report.metrics['loss_per_step'][-1]:.4f}")
         out.print(f"{report.where}")
         out.print(f"report, plan and Gantt chart in {outcome.run_dir} ({gantt.name})")
-
-    @app.command()
-    def demo(
-        output: Path = typer.Option(Path("out/demo"), "-o", "--output", file_okay=False,
-                                    help="Folder for report.json and the Gantt."),
-        launcher: str = typer.Option("testbed", help="testbed (falls back to local without root) or local."),
-        steps: int = typer.Option(3, min=2, help="Iterations per run (the first is warm-up)."),
-    ) -> None:
-        """The main job: plan a small Transformer on the home cluster; run the best plan, which pools several
-        devices, and the best single device for real."""
-        from edgepool.cli.demo import run_demo
-
-        run_demo(output, launcher, steps)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
             cl = load_cluster(cluster)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
-            from edgepool.simulator import compare_planners
+            from edgepool.planners.compare import compare_planners
             rows = compare_planners(prof, cl, cost_model, batch)
         except SpecError as exc:
             _fail(exc)

@@ -2,12 +2,13 @@
 
 `ElasticRun` (recovery.py) supervises one training run: it hosts the `torch.distributed` TCPStore that every
 worker uses for heartbeats and membership, notices a dead device (its process exits or its heartbeat goes
-stale), re-plans on the survivors with the training planner, and tells the workers to replay the interrupted
-iteration. `ElasticRun(mode="checkpoint")` is the baseline that restarts every worker from the last
-checkpoint (checkpoint.py saves and finds them).
-`simulate_with_events` (sim_events.py) models the same recovery in the simulator;
-`edgepool.simulator.simulate(..., events=...)` forwards to it. `ElasticRun(launcher="testbed")` runs the
-workers on the emulated testbed instead of local processes.
+stale), re-plans on the survivors (`replan.py`), hands the blocks over (`handover.py`: who holds each block's
+state, what moves where) and tells the workers to replay the interrupted iteration.
+`ElasticRun(mode="checkpoint")` is the baseline that restarts every worker from the last checkpoint
+(checkpoint.py saves and finds them). `ElasticRun(launcher="testbed")` runs the workers on the emulated testbed
+instead of local processes.
+`simulate_elastic` (sim_events.py) models the same recovery in the simulator for the events of
+`edgepool.events` (`DeviceFailure`, `DeviceJoin`) and returns a `Report` whose timeline holds the segments.
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ _EXPORTS = {
     "ElasticRun": "edgepool.elastic.recovery",
     "ElasticOutcome": "edgepool.elastic.recovery",
     "FailureSpec": "edgepool.elastic.recovery",
-    "parse_failure": "edgepool.elastic.recovery",
+    "JoinSpec": "edgepool.elastic.recovery",
+    "block_sources": "edgepool.elastic.handover",
+    "block_transfers": "edgepool.elastic.handover",
+    "default_replan": "edgepool.elastic.replan",
+    "replanner": "edgepool.elastic.replan",
+    "simulate_elastic": "edgepool.elastic.sim_events",
     "simulate_with_events": "edgepool.elastic.sim_events",
 }
 

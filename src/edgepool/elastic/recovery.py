@@ -8,9 +8,9 @@ SIGKILL, so a hung or unreachable device cannot come back half-way), is dead. Th
 1. sets `abort/<g>` so that every survivor leaves its process group (no wait hangs: they poll that key),
 2. collects the survivors' reports and decides how many iterations committed (an iteration commits when every
    rank entered its commit collective; survivors report the last one they saw pass),
-3. re-plans on the survivors with the training planner (`replan(devices) -> Plan`),
+3. re-plans on the survivors with the training planner (`replan(devices) -> Plan`, e.g. `replan.default_replan`),
 4. names, for every model block, who holds its state now (a survivor that served it, or the ring successor
-   that holds the dead device's replica) and which blocks move where for the new plan,
+   that holds the dead device's replica) and which blocks move where for the new plan (`handover.py`),
 5. publishes generation g+1; the workers replay the interrupted iteration on the new plan.
 
 A join is the same without a death: the new device announces itself (`join/<device>` in the store), the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -46,11 +45,11 @@ import torch
 import torch.distributed as dist
 
 from edgepool.elastic.checkpoint import latest_checkpoint
+from edgepool.elastic.handover import block_sources, block_transfers
 from edgepool.elastic.heartbeat import stale_devices
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec
-from edgepool.runtime.layout import Layout
 
 MODES = ("replay", "checkpoint")
 LAUNCHERS = ("local", "testbed")
@@ -69,21 +68,6 @@ class JoinSpec:
     """Start `device` once iteration `step` has started; it joins at the next iteration boundary."""
     device: str
     step: int
-
-
-def parse_failure(text: str) -> FailureSpec:
-    match = re.fullmatch(r"([^@\s]+)@(\d+)", text.strip())
-    if not match:
-        raise SpecError(field="--fail", value=text, accepted="DEVICE@STEP, e.g. laptop@3 (kill -9 of that device's "
-                                                               "worker during iteration 3)")
-    return FailureSpec(match.group(1), int(match.group(2)))
-
-
-def parse_join(text: str) -> JoinSpec:
-    match = re.fullmatch(r"([^@\s]+)@(\d+)", text.strip())
-    if not match:
-        raise SpecError(field="--join", value=text, accepted="DEVICE@STEP, e.g. rpi5@2")
-    return JoinSpec(match.group(1), int(match.group(2)))
 
 
 @dataclass
@@ -117,62 +101,6 @@ class ElasticOutcome:
         return [c["time"] for c in ev.get("after", [])]
 
 
-def default_replan(planner: str, model: ModelSpec, cluster, batch: int, seq: int | None = None,
-                   cost_model=None) -> Callable[[list[str]], Plan]:
-    """`replan(devices)`: the training planner on the given devices of `cluster`."""
-    from edgepool.costmodel import CostModel
-    from edgepool.planners import get_planner
-    from edgepool.profile import profile_model
-    from edgepool.runtime.data import build_bundle
-
-    profile = profile_model(build_bundle(model), batch=1, seq=seq)
-    cm = cost_model or CostModel(optimizer="sgd")
-
-    def replan(devices: list[str]) -> Plan:
-        plan = get_planner(planner).plan(profile, cluster, cm, batch, constraints={"devices": list(devices)})
-        if not plan.feasible:
-            raise RuntimeError(f"no feasible {planner} plan on {devices}: {plan.infeasible_reason}")
-        return plan
-    return replan
-
-
-def block_sources(old: Plan, alive: list[str], batch: int) -> dict[int, str]:
-    """For every block, a live device holding its state: one that served it, else the dead owner's replica holder."""
-    devices = old.devices
-    layout = Layout(old, batch)
-    out: dict[int, str] = {}
-    for b in range(old.num_layers):
-        owners = [d for d in devices if layout.stage_of(d).layers[0] <= b < layout.stage_of(d).layers[1]]
-        live = [d for d in owners if d in alive]
-        if live:
-            out[b] = live[0]
-            continue
-        holders = [devices[(devices.index(d) + 1) % len(devices)] for d in owners]
-        holders = [h for h in holders if h in alive]
-        if not holders:
-            raise RuntimeError(f"block {b} is lost: its devices {owners} and their replica holders all failed")
-        out[b] = holders[0]
-    return out
-
-
-def block_transfers(old: Plan | None, new: Plan, sources: dict[int, str], batch: int) -> list[list]:
-    """[src, dst, blocks]: what moves so that every device of `new` holds its stage."""
-    old_ranges = {}
-    if old is not None:
-        lay = Layout(old, batch)
-        old_ranges = {d: lay.stage_of(d).layers for d in old.devices}
-    lay = Layout(new, batch)
-    moves: dict[tuple[str, str], list[int]] = {}
-    for d in new.devices:
-        start, end = lay.stage_of(d).layers
-        o0, o1 = old_ranges.get(d, (0, 0))
-        for b in range(start, end):
-            if o0 <= b < o1 or sources[b] == d:
-                continue
-            moves.setdefault((sources[b], d), []).append(b)
-    return [[s, d, blocks] for (s, d), blocks in sorted(moves.items())]
-
-
 class ElasticRun:
     """Run `plan` for `steps` iterations under elastic supervision, injecting `failures` and `joins`."""
 
@@ -189,10 +117,11 @@ class ElasticRun:
             raise SpecError(field="steps", value=steps, accepted="an integer >= 1")
         for f in failures:
             if f.device not in plan.devices:
-                raise SpecError(field="--fail", value=f"{f.device}@{f.step}", accepted=", ".join(plan.devices),
+                raise SpecError(field="failures", value=f"{f.device}@{f.step}", accepted=", ".join(plan.devices),
                                 hint="name a device of the plan")
             if not 0 <= f.step < steps:
-                raise SpecError(field="--fail", value=f"{f.device}@{f.step}", accepted=f"a step in 0..{steps - 1}")
+                raise SpecError(field="failures", value=f"{f.device}@{f.step}",
+                                accepted=f"a step in 0..{steps - 1}")
         if launcher not in LAUNCHERS:
             raise SpecError(field="launcher", value=launcher, accepted=", ".join(LAUNCHERS))
         if launcher == "testbed" and cluster is None:

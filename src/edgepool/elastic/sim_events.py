@@ -11,7 +11,10 @@ the current plan at the simulator's iteration time. A `DeviceFailure` at t inter
 while checkpoint restart costs detection + `restart_s` (processes, imports, process group) + loading the last
 checkpoint + every iteration since that checkpoint again. A `DeviceJoin` re-plans at the next iteration
 boundary and moves the joiner's blocks. Everything here is simulated (cost model), and labelled so.
-`edgepool.simulator.simulate(plan, ..., events=...)` calls this and returns it as a `Report`.
+
+`simulate_elastic` is the entry point: it checks the events, re-plans with the plan's own planner unless given a
+`replan`, and returns a `Report` whose `timeline` holds the run's segments as typed events (one per device and
+segment, kind "train" or "recovery"); `simulate_with_events` is the replay itself, an `EventTimeline`.
 """
 from __future__ import annotations
 
@@ -21,13 +24,20 @@ from typing import Callable, Sequence
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
+from edgepool.elastic.handover import block_sources, block_transfers
+from edgepool.elastic.replan import replanner
+from edgepool.errors import SpecError
+from edgepool.events import DeviceFailure, DeviceJoin, Event, LinkChange, event_device
 from edgepool.plan import Plan
+from edgepool.planners import planner_names
 from edgepool.profile import ModelProfile
-from edgepool.simulator import DeviceFailure, DeviceJoin, simulate
+from edgepool.report import Report, TimelineEvent
+from edgepool.simulator import describe_simulator, simulate
 
 
 @dataclass
 class Segment:
+    """A stretch of the run: training on `devices` at `throughput`, or a recovery (its costs in `detail`)."""
     start_s: float
     end_s: float
     kind: str  # "train", "recovery", "restart"
@@ -55,6 +65,16 @@ class EventTimeline:
             counts[min(int(t // bin_s), bins - 1)] += 1
         return [(i * bin_s, c * self.batch / bin_s) for i, c in enumerate(counts)]
 
+    def throughput_curve(self) -> list[tuple[float, float]]:
+        """`throughput_series` in about 60 bins over the run (at least 0.5 s each): what a plot shows."""
+        span = max(self.iterations[-1][1] / 60, 0.5) if self.iterations else 1.0
+        return self.throughput_series(span)
+
+    def timeline_events(self) -> list[TimelineEvent]:
+        """The segments as typed timeline events: one per device and segment, kind "train" or "recovery"."""
+        return [TimelineEvent(device=d, kind=seg.kind, start=seg.start_s, end=seg.end_s)
+                for seg in self.segments for d in seg.devices]
+
     def to_dict(self) -> dict:
         return {"mode": self.mode, "source": "simulated",
                 "segments": [s.__dict__ for s in self.segments], "recoveries": self.recoveries,
@@ -70,8 +90,6 @@ def _state_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostMo
 
 def _transfer_s(old: Plan, new: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel,
                 alive: list[str]) -> float:
-    from edgepool.elastic.recovery import block_sources, block_transfers
-
     sources = block_sources(old, alive, old.batch)
     total = 0.0
     for src, dst, blocks in block_transfers(old, new, sources, old.batch):
@@ -127,7 +145,7 @@ def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, pr
             continue
         if event is not None and isinstance(event, DeviceJoin) and event.at_s <= t:
             pending.pop(0)
-            name = event.device if isinstance(event.device, str) else event.device.name
+            name = event_device(event)
             segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
             new = replan(current.devices + [name])
             move_s = _transfer_s(current, new, profile, cluster, cost_model, current.devices)
@@ -140,3 +158,60 @@ def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, pr
         step += 1
     segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
     return EventTimeline(mode, segments, iterations, plan.batch, recoveries)
+
+
+def simulate_elastic(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
+                     events: Sequence[Event], *, replan: Callable[[list[str]], Plan] | None = None,
+                     duration_s: float | None = None, recovery: str = "replay", **recovery_options) -> Report:
+    """The pool over time with device failures and joins: a `Report` with source="simulated".
+
+    Replays `plan` as `simulate_with_events` models it: detection, re-planning with `replan(devices)` (default:
+    the plan's own planner), state transfer and `recovery` ("replay": pipeline replay from in-memory replicas;
+    "checkpoint": restart from the last checkpoint), for `duration_s` seconds (default: the last event plus as
+    long again, at least 20 iterations). `recovery_options` go to it (detection_s, restart_s, checkpoint_every,
+    disk_bandwidth). The report's throughput is the average over the run, its `timeline` the segments (typed
+    events, kind "train" or "recovery", per device), and `metrics["events"]` the same timeline as data:
+    segments, recoveries and every iteration's completion time. An infeasible plan's one-iteration report is
+    returned as it is.
+    """
+    _check_events(events, cluster)
+    base = simulate(plan, cluster, cost_model, profile)
+    if not base.feasible:
+        return base
+    if replan is None:
+        replan = _own_planner(plan, profile, cluster, cost_model)
+    if duration_s is None:
+        last = max((e.at_s for e in events), default=0.0)
+        duration_s = last + max(last, 20 * base.iteration_time_s)
+    timeline = simulate_with_events(plan, cluster, cost_model, profile, events, replan, duration_s,
+                                    mode=recovery, **recovery_options)
+    done = len(timeline.iterations)
+    end = max([duration_s] + [t for _, t in timeline.iterations])
+    trains = [seg for seg in timeline.segments if seg.kind == "train"]
+    metrics = {**base.metrics, "events": timeline.to_dict(), "duration_s": end, "iterations": done,
+               "throughput_before": trains[0].throughput, "throughput_after": trains[-1].throughput}
+    where = (f"{describe_simulator(cost_model)}; {end:.4g} s with {len(events)} device event(s) and "
+             f"{recovery} recovery (edgepool.elastic.sim_events)")
+    return base.model_copy(update={"where": where, "throughput": done * plan.batch / end,
+                                   "iteration_time_s": end / done if done else None,
+                                   "timeline": timeline.timeline_events(), "metrics": metrics})
+
+
+def _check_events(events: Sequence[Event], cluster: Cluster) -> None:
+    changes = [e for e in events if isinstance(e, LinkChange)]
+    if changes:
+        raise NotImplementedError(f"link changes ({changes[0]}) are not modelled by the simulator yet; "
+                                  "simulate device failures and joins only")
+    for e in events:
+        name = event_device(e)
+        if name not in cluster.devices:
+            raise SpecError(field="events.device", value=name, accepted=", ".join(cluster.devices),
+                            hint="a failing or joining device must be a device of the cluster")
+
+
+def _own_planner(plan: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel):
+    """`replan(devices)` with the planner that made `plan`; a `SpecError` when it is not registered."""
+    if plan.planner not in planner_names():
+        raise SpecError(field="replan", value=None, accepted="a function devices -> Plan",
+                        hint=f"the plan's planner {plan.planner!r} is not registered, so it cannot re-plan")
+    return replanner(plan.planner, profile, cluster, cost_model, plan.batch)

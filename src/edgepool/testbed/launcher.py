@@ -329,7 +329,8 @@ def make_launcher(kind: str, cluster=None, devices: Sequence[str] | None = None,
         return LocalLauncher()
     if kind != "testbed":
         raise SpecError(field="launcher", value=kind, accepted="local, testbed",
-                        hint="`torchrun` across hosts is printed by `edgepool train --print-launch`")
+                        hint="across real hosts, `edgepool.runtime.launch.torchrun_commands` gives each host's "
+                             "`torchrun` command")
     from edgepool.testbed.system import unavailable_reason
     from edgepool.testbed.testbed import Testbed
 

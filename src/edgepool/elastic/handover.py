@@ -1,0 +1,48 @@
+"""The plan hand-over: after a membership change, who holds each model block's state and what moves where.
+
+Pure functions of plans (no processes, no I/O). The supervisor (`recovery.py`) publishes their answer to the
+workers of the next generation; the elastic simulation (`sim_events.py`) prices the same moves with the cost
+model. A block's state lives on the devices that served it and, as a replica, on the ring successor of each
+(`replica.py`), so a dead device's blocks come from its successor.
+"""
+from __future__ import annotations
+
+from edgepool.plan import Plan
+from edgepool.runtime.layout import Layout
+
+
+def block_sources(old: Plan, alive: list[str], batch: int) -> dict[int, str]:
+    """For every block, a live device holding its state: one that served it, else the dead owner's replica holder."""
+    devices = old.devices
+    layout = Layout(old, batch)
+    out: dict[int, str] = {}
+    for b in range(old.num_layers):
+        owners = [d for d in devices if layout.stage_of(d).layers[0] <= b < layout.stage_of(d).layers[1]]
+        live = [d for d in owners if d in alive]
+        if live:
+            out[b] = live[0]
+            continue
+        holders = [devices[(devices.index(d) + 1) % len(devices)] for d in owners]
+        holders = [h for h in holders if h in alive]
+        if not holders:
+            raise RuntimeError(f"block {b} is lost: its devices {owners} and their replica holders all failed")
+        out[b] = holders[0]
+    return out
+
+
+def block_transfers(old: Plan | None, new: Plan, sources: dict[int, str], batch: int) -> list[list]:
+    """[src, dst, blocks]: what moves so that every device of `new` holds its stage."""
+    old_ranges = {}
+    if old is not None:
+        lay = Layout(old, batch)
+        old_ranges = {d: lay.stage_of(d).layers for d in old.devices}
+    lay = Layout(new, batch)
+    moves: dict[tuple[str, str], list[int]] = {}
+    for d in new.devices:
+        start, end = lay.stage_of(d).layers
+        o0, o1 = old_ranges.get(d, (0, 0))
+        for b in range(start, end):
+            if o0 <= b < o1 or sources[b] == d:
+                continue
+            moves.setdefault((sources[b], d), []).append(b)
+    return [[s, d, blocks] for (s, d), blocks in sorted(moves.items())]
