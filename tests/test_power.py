@@ -160,3 +160,31 @@ def test_managed_interleaving_meets_the_latency_goal_with_real_steps():
     assert managed.train_steps > 10
     assert managed.goal_met >= 0.9, managed.to_dict()
     assert managed.to_dict()["source"] == "measured"
+
+
+def test_gmd_speed_is_read_from_the_named_quantities():
+    space, table, _ = _local_oracle_table()
+    s = fc.Scenario(arrival_rate=60, latency_goal_s=0.12, power_budget_w=9.0, train_batch=8)
+    cap = space.size // 10
+    default = fc.gmd_search(fc.Oracle(space, table), s, budget=cap)
+    renamed = {m: fc.Measurement({**x.times, "infer_big": x.times[fc.INFER_B8]}, x.power_w) for m, x in table.items()}
+    named = fc.gmd_search(fc.Oracle(space, renamed), s, budget=cap, speed_keys=(fc.TRAIN, "infer_big"))
+    assert (named.mode, named.throughput, named.profiled, named.trace) == (
+        default.mode, default.throughput, default.profiled, default.trace)
+
+
+def test_profile_rows_keep_the_fastest_block_and_model_power_without_a_sensor():
+    from edgepool.power import profiler
+    from edgepool.power.modes import quick_local_mode_space
+    from edgepool.power.workloads import Workload
+
+    space = quick_local_mode_space()
+    work = Workload("mlp-small-train", "mlp", "train", batch=32, overrides={"width": 256, "depth": 2})
+    messages = []
+    modes = profiler._full_speed_modes(space, space.modes(), "no cgroups here", messages.append)
+    assert modes and all(space.describe(m)["cpu_fraction"] == 1.0 for m in modes)
+    assert "no cgroups here" in messages[0]
+    blocks = {(work.name, m): [0.3, 0.2, 0.25] for m in modes}
+    rows = profiler._rows(space, [work], modes, blocks, {}, None, power_model_for(space))
+    assert [r["time_s"] for r in rows] == [0.2] * len(modes)
+    assert all(r["power_source"] == profiler.MODELLED_POWER and r["power_w"] > 0 for r in rows)

@@ -89,6 +89,15 @@ def test_stage_order_1f1b_and_gpipe():
     assert stage_order("gpipe", 1, 2, 2) == [("fwd", 0), ("fwd", 1), ("bwd", 1), ("bwd", 0)]
 
 
+def test_a_plan_for_another_cluster_model_or_kind_is_refused_with_the_field():
+    prof, plan = profile(2), pipeline_plan(2, 1, "1f1b")
+    with pytest.raises(SpecError, match="plan.pipelines.stages.devices = 'd1'.*another cluster"):
+        simulate(plan, cluster(1), CostModel(), prof)
+    with pytest.raises(SpecError, match="plan.num_layers = 2.*accepted: 3.*another model than 'toy'"):
+        simulate(plan, cluster(2), CostModel(), profile(3))
+    with pytest.raises(SpecError, match="plan.kind = 'inference'.*accepted: training"):
+        simulate(plan.model_copy(update={"kind": "inference"}), cluster(2), CostModel(), prof)
+
 def test_shared_medium_serializes_transfers():
     prof = profile(3, out_bytes=1_000_000)
     free = simulate(pipeline_plan(3, 4, "1f1b"), cluster(3, bandwidth=1e6), CostModel(), prof)

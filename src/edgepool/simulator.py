@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
-from edgepool.plan import Plan
-from edgepool.planners.costing import (LinkCache, cross_pipeline_allreduce, device_mode, memory_per_device,
-                                       memory_problem, pipeline_costs, shared_gradient_syncs)
+from edgepool.plan import PipelinePlan, Plan
+from edgepool.planners.costing import (LinkCache, PipelineCost, SharedSync, cross_pipeline_allreduce, device_mode,
+                                       memory_per_device, memory_problem, pipeline_costs, shared_gradient_syncs)
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
 
@@ -121,6 +121,21 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
 
     Device failures and joins over time are `edgepool.elastic.sim_events.simulate_elastic`, which composes this.
     """
+    _check_request(plan, cluster, profile)
+    # every duration from the planners' own cost functions; the replay composes them as events
+    links = LinkCache(cluster)
+    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
+    costs = pipeline_costs(plan, profile, cost_model, cluster, links, syncs)
+    cross_s = None  # with several pipelines, the whole model's gradients are all-reduced across them
+    if len(plan.pipelines) > 1:
+        cross_s = cross_pipeline_allreduce(plan, profile, cost_model, links, sum(x.nbytes for x in syncs))
+    iteration = _build_iteration(plan, costs, syncs, cross_s)
+    _run(iteration.ops, iteration.programs)
+    return _report(plan, cluster, cost_model, profile, iteration)
+
+
+def _check_request(plan: Plan, cluster: Cluster, profile: ModelProfile) -> None:
+    """Refuse, naming the field, a plan made for another cluster or model, or one that is not for training."""
     for d in plan.devices:
         if d not in cluster.devices:
             raise SpecError(field="plan.pipelines.stages.devices", value=d,
@@ -131,89 +146,143 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
                         hint=f"the plan was made for another model than {profile.model!r}")
     if plan.kind != "training":
         raise SpecError(field="plan.kind", value=plan.kind, accepted="training")
-    links = LinkCache(cluster)
-    syncs = shared_gradient_syncs(plan, profile, cost_model, links)
-    costs = pipeline_costs(plan, profile, cost_model, cluster, links, syncs)
-    M, single = plan.microbatches, len(plan.pipelines) == 1
-    ops: list[_Op] = []
-    programs: dict[object, list[int]] = {}
-    max_in_flight: dict[tuple[int, int], int] = {}
 
-    def add(op: _Op) -> int:
-        ops.append(op)
-        return len(ops) - 1
 
-    last_ops: list[int] = []  # all-reduce (or last backward) of every stage
-    optimizer_after: list[tuple[int, int, int]] = []  # (pipeline, stage, op it follows)
+# ----------------------------------------------------------------------------- one iteration as operations
+@dataclass
+class _Iteration:
+    """The operations of one iteration, each stage's program (its operations in order) and how many
+    micro-batches each stage holds at most (memory is counted from the order really replayed)."""
+    ops: list[_Op] = field(default_factory=list)
+    programs: dict[object, list[int]] = field(default_factory=dict)
+    in_flight: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def add(self, op: _Op) -> int:
+        self.ops.append(op)
+        return len(self.ops) - 1
+
+
+def _build_iteration(plan: Plan, costs: list[PipelineCost], syncs: list[SharedSync],
+                     cross_s: float | None) -> _Iteration:
+    """Every operation of one iteration. The creation order is part of the behaviour: the replay breaks ties
+    between equally ready operations by it."""
+    it = _Iteration()
+    finished: list[tuple[int, int, int]] = []  # (pipeline, stage, the op after which its gradients are final)
     for p, (pipe, pc) in enumerate(zip(plan.pipelines, costs)):
-        S = len(pipe.stages)
-        fwd_id: dict[tuple[int, int], int] = {}
-        bwd_id: dict[tuple[int, int], int] = {}
-        send_f: dict[tuple[int, int], int] = {}
-        send_b: dict[tuple[int, int], int] = {}
-        # create compute ops first (dependencies filled after every op exists)
-        for s, (stage, so) in enumerate(zip(pipe.stages, pc.stages)):
-            order = stage_order(plan.schedule, s, S, M)
-            held = peak = 0
-            for phase, i in order:
-                held += 1 if phase == "fwd" else -1
-                peak = max(peak, held)
-            max_in_flight[(p, s)] = peak
-            ids = []
-            for phase, i in order:
-                times = so.fwd if phase == "fwd" else so.bwd
-                op = add(_Op(phase, ("stage", p, s), max(times.values()), [], p, s, i, devices=dict(times)))
-                (fwd_id if phase == "fwd" else bwd_id)[(s, i)] = op
-                ids.append(op)
-            programs[("stage", p, s)] = ids
-        for s in range(S - 1):
-            a, b = pipe.stages[s], pipe.stages[s + 1]
-            medium = pc.comm_media[s]
-            for i in range(M):
-                send_f[(s, i)] = add(_Op("send", medium or ("link", p, s, "fwd"), pc.fwd_comm[s], [fwd_id[(s, i)]],
-                                         p, s, i, senders=a.devices, receivers=b.devices))
-                send_b[(s + 1, i)] = add(_Op("send", medium or ("link", p, s, "bwd"), pc.bwd_comm[s],
-                                             [bwd_id[(s + 1, i)]], p, s + 1, i, senders=b.devices,
-                                             receivers=a.devices))
-        for s in range(S):
-            for i in range(M):
-                if s > 0:
-                    ops[fwd_id[(s, i)]].deps.append(send_f[(s - 1, i)])
-                if s < S - 1:
-                    ops[bwd_id[(s, i)]].deps.append(send_b[(s + 1, i)])
-                else:
-                    ops[bwd_id[(s, i)]].deps.append(fwd_id[(s, i)])
-        for s, (stage, so) in enumerate(zip(pipe.stages, pc.stages)):
-            last = programs[("stage", p, s)][-1]
-            if len(stage.devices) > 1 and so.allreduce_s > 0:
-                last = add(_Op("allreduce", so.allreduce_medium or ("allreduce", p, s), so.allreduce_s, [last], p, s,
-                               devices={d: so.allreduce_s for d in stage.devices}))
-            last_ops.append(last)
-            optimizer_after.append((p, s, last))
-    last_of = {(p, s): last for p, s, last in optimizer_after}
-    extra_deps: dict[tuple[int, int], list[int]] = {}
-    for k, sync in enumerate(syncs):  # tied parameters: once every stage using them is done
-        op = add(_Op("allreduce", sync.medium or ("shared", k), sync.seconds, [last_of[x] for x in sync.stages], -1,
-                     devices={d: sync.seconds for d in sync.devices}))
-        last_ops.append(op)
-        for x in sync.stages:
-            extra_deps.setdefault(x, []).append(op)
+        fwd_id, bwd_id = _add_passes(it, p, pipe, pc, plan.schedule, plan.microbatches)
+        _add_transfers(it, p, pipe, pc, fwd_id, bwd_id, plan.microbatches)
+        finished += _add_stage_allreduces(it, p, pipe, pc)
+    sync_ops, waits_for_sync = _add_shared_syncs(it, syncs, finished)
     cross_id = None
-    if not single:
-        cross = cross_pipeline_allreduce(plan, profile, cost_model, links, sum(x.nbytes for x in syncs))
-        cross_id = add(_Op("allreduce", ("cross",), cross, list(last_ops), -1,
-                           devices={d: cross for d in plan.devices}))
-    for p, s, last in optimizer_after:
-        so = costs[p].stages[s]
-        deps = [cross_id] if cross_id is not None else [last, *extra_deps.get((p, s), [])]
-        op = add(_Op("optimizer", ("stage", p, s), max(so.optimizer.values()), deps, p, s,
-                     devices=dict(so.optimizer)))
-        programs[("stage", p, s)].append(op)
-    _run(ops, programs)
+    if cross_s is not None:  # several pipelines: the whole model's gradients, once every stage and sync is done
+        cross_id = it.add(_Op("allreduce", ("cross",), cross_s, [last for _, _, last in finished] + sync_ops, -1,
+                              devices={d: cross_s for d in plan.devices}))
+    _add_optimizer_steps(it, costs, finished, waits_for_sync, cross_id)
+    return it
 
-    iteration = max(op.end for op in ops)
+
+def _peak_in_flight(order: list[tuple[str, int]]) -> int:
+    """The most micro-batches whose forward ran and backward did not yet, in a stage's order."""
+    held = peak = 0
+    for phase, _ in order:
+        held += 1 if phase == "fwd" else -1
+        peak = max(peak, held)
+    return peak
+
+
+def _add_passes(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost, schedule: str,
+                microbatches: int) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+    """Each stage's forward and backward passes in the schedule's order, which becomes the stage's program;
+    their dependencies are filled in by `_add_transfers` once every pass exists."""
+    fwd_id: dict[tuple[int, int], int] = {}
+    bwd_id: dict[tuple[int, int], int] = {}
+    for s, (_, so) in enumerate(zip(pipe.stages, pc.stages)):
+        order = stage_order(schedule, s, len(pipe.stages), microbatches)
+        it.in_flight[(p, s)] = _peak_in_flight(order)
+        ids = []
+        for phase, i in order:
+            times = so.fwd if phase == "fwd" else so.bwd
+            op = it.add(_Op(phase, ("stage", p, s), max(times.values()), [], p, s, i, devices=dict(times)))
+            (fwd_id if phase == "fwd" else bwd_id)[(s, i)] = op
+            ids.append(op)
+        it.programs[("stage", p, s)] = ids
+    return fwd_id, bwd_id
+
+
+def _add_transfers(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost, fwd_id: dict[tuple[int, int], int],
+                   bwd_id: dict[tuple[int, int], int], microbatches: int) -> None:
+    """Activations forward and gradients backward between consecutive stages, and the passes that wait for
+    them. A boundary on a shared medium queues on that medium; otherwise each direction is its own channel."""
+    S, M = len(pipe.stages), microbatches
+    send_f: dict[tuple[int, int], int] = {}
+    send_b: dict[tuple[int, int], int] = {}
+    for s in range(S - 1):
+        a, b = pipe.stages[s], pipe.stages[s + 1]
+        medium = pc.comm_media[s]
+        for i in range(M):
+            send_f[(s, i)] = it.add(_Op("send", medium or ("link", p, s, "fwd"), pc.fwd_comm[s], [fwd_id[(s, i)]],
+                                        p, s, i, senders=a.devices, receivers=b.devices))
+            send_b[(s + 1, i)] = it.add(_Op("send", medium or ("link", p, s, "bwd"), pc.bwd_comm[s],
+                                            [bwd_id[(s + 1, i)]], p, s + 1, i, senders=b.devices,
+                                            receivers=a.devices))
+    ops = it.ops
+    for s in range(S):
+        for i in range(M):
+            if s > 0:
+                ops[fwd_id[(s, i)]].deps.append(send_f[(s - 1, i)])
+            if s < S - 1:
+                ops[bwd_id[(s, i)]].deps.append(send_b[(s + 1, i)])
+            else:  # the last stage turns its own forward around
+                ops[bwd_id[(s, i)]].deps.append(fwd_id[(s, i)])
+
+
+def _add_stage_allreduces(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost) -> list[tuple[int, int, int]]:
+    """A data-parallel stage all-reduces its gradients inside its group after its last backward.
+    Returns (pipeline, stage, the op after which the stage's own gradients are final) for each stage."""
+    finished = []
+    for s, (stage, so) in enumerate(zip(pipe.stages, pc.stages)):
+        last = it.programs[("stage", p, s)][-1]
+        if len(stage.devices) > 1 and so.allreduce_s > 0:
+            last = it.add(_Op("allreduce", so.allreduce_medium or ("allreduce", p, s), so.allreduce_s, [last], p, s,
+                              devices={d: so.allreduce_s for d in stage.devices}))
+        finished.append((p, s, last))
+    return finished
+
+
+def _add_shared_syncs(it: _Iteration, syncs: list[SharedSync], finished: list[tuple[int, int, int]]
+                      ) -> tuple[list[int], dict[tuple[int, int], list[int]]]:
+    """Parameters several stages share (a tied embedding and head) are all-reduced once every stage using them
+    is done. Returns the sync ops, and for each (pipeline, stage) the syncs its optimizer must wait for."""
+    last_of = {(p, s): last for p, s, last in finished}
+    sync_ops: list[int] = []
+    waits_for: dict[tuple[int, int], list[int]] = {}
+    for k, sync in enumerate(syncs):
+        op = it.add(_Op("allreduce", sync.medium or ("shared", k), sync.seconds, [last_of[x] for x in sync.stages],
+                        -1, devices={d: sync.seconds for d in sync.devices}))
+        sync_ops.append(op)
+        for x in sync.stages:
+            waits_for.setdefault(x, []).append(op)
+    return sync_ops, waits_for
+
+
+def _add_optimizer_steps(it: _Iteration, costs: list[PipelineCost], finished: list[tuple[int, int, int]],
+                         waits_for_sync: dict[tuple[int, int], list[int]], cross_id: int | None) -> None:
+    """Every stage ends its program with an optimizer step, once its gradients are final: after the
+    cross-pipeline all-reduce when there is one, else after its own all-reduce and any tied-parameter sync."""
+    for p, s, last in finished:
+        so = costs[p].stages[s]
+        deps = [cross_id] if cross_id is not None else [last, *waits_for_sync.get((p, s), [])]
+        op = it.add(_Op("optimizer", ("stage", p, s), max(so.optimizer.values()), deps, p, s,
+                        devices=dict(so.optimizer)))
+        it.programs[("stage", p, s)].append(op)
+
+
+# ----------------------------------------------------------------------------- the replayed iteration as a Report
+def _timeline(ops: list[_Op], devices: list[str]) -> tuple[list[TimelineEvent], dict[str, float]]:
+    """One event per device and operation (a transfer is a send on each sender and a recv on each receiver),
+    sorted by start; and each device's busy time, which counts its passes and optimizer steps only."""
     timeline: list[TimelineEvent] = []
-    busy: dict[str, float] = {d: 0.0 for d in plan.devices}
+    busy: dict[str, float] = {d: 0.0 for d in devices}
     for op in ops:
         stage = op.stage
         if op.kind == "send":
@@ -230,9 +299,13 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
             timeline.append(TimelineEvent(device=d, kind=op.kind, start=op.start, end=op.start + t,
                                           microbatch=op.microbatch, stage=stage, iteration=0))
     timeline.sort(key=lambda e: (e.start, e.device))
+    return timeline, busy
 
-    memory = memory_per_device(plan, profile, cost_model, in_flight_of=lambda p, s: max_in_flight[(p, s)])
-    problem = memory_problem(memory, cluster)
+
+def _device_stats(plan: Plan, cluster: Cluster, cost_model: CostModel, busy: dict[str, float],
+                  memory: dict[str, float], iteration: float) -> dict[str, DeviceStats]:
+    """Utilization, peak memory and modelled energy per device: busy time at full dynamic power, the rest of the
+    iteration at idle power, in the device's power mode."""
     per_device = {}
     for d in plan.devices:
         device = cluster.devices[d]
@@ -242,14 +315,25 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
             peak_memory_bytes=memory[d], memory_limit_bytes=float(device.memory_bytes),
             energy_j=cost_model.energy(device, busy[d], max(iteration - busy[d], 0.0), mode),
             energy_source="modelled")
+    return per_device
+
+
+def _report(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile, it: _Iteration) -> Report:
+    """The replay as a `Report`; a plan over any device's memory, or one its planner found infeasible, is
+    reported infeasible with no throughput."""
+    iteration = max(op.end for op in it.ops)
+    timeline, busy = _timeline(it.ops, plan.devices)
+    memory = memory_per_device(plan, profile, cost_model, in_flight_of=lambda p, s: it.in_flight[(p, s)])
+    problem = memory_problem(memory, cluster)
+    per_device = _device_stats(plan, cluster, cost_model, busy, memory, iteration)
     energy = sum(s.energy_j for s in per_device.values())
     metrics = {
-        "simulated_iteration_time_s": iteration, "microbatches": M, "schedule": plan.schedule,
+        "simulated_iteration_time_s": iteration, "microbatches": plan.microbatches, "schedule": plan.schedule,
         "stages": [len(p.stages) for p in plan.pipelines], "pipelines": len(plan.pipelines),
         "energy_j_per_iteration": energy, "energy_j_per_sample": energy / plan.batch, "energy": "modelled",
         "predicted_throughput": plan.predicted.get("throughput"),
         "memory_headroom": min(1 - memory[d] / cluster.devices[d].memory_bytes for d in memory),
-        "in_flight": {f"{p}.{s}": k for (p, s), k in max_in_flight.items()},
+        "in_flight": {f"{p}.{s}": k for (p, s), k in it.in_flight.items()},
     }
     where = f"{describe_simulator(cost_model)}; one iteration replayed"
     feasible = problem is None and plan.feasible

@@ -75,9 +75,16 @@ def throughput_array(t_train, t_b1, t_b8, power, s: Scenario) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- profiling oracle
+# What a mode's profile measures (`Measurement.times` keys): a training minibatch, an inference batch of 1
+# and one of 8 (`infer_time` interpolates between the two inference sizes).
+TRAIN, INFER_B1, INFER_B8 = "train", "infer_b1", "infer_b8"
+QUANTITIES = (TRAIN, INFER_B1, INFER_B8)
+SPEED_KEYS = (TRAIN, INFER_B8)  # GMD's speed of a mode: the rates of a training step and a full inference batch
+
+
 @dataclass
 class Measurement:
-    times: dict[str, float]  # quantity -> seconds: "train", "infer_b1", "infer_b8"
+    times: dict[str, float]  # quantity (one of QUANTITIES) -> seconds
     power_w: float
 
 
@@ -117,8 +124,8 @@ def simulated_tables(device_name: str, reference: str, train: str, infer: str, t
     tr = sweep(layer_work(profiles[train], train_batch, "train"), roof, train_batch)
     b1 = sweep(layer_work(profiles[infer], 1, "infer"), roof, 1)
     b8 = sweep(layer_work(profiles[infer], 8, "infer"), roof, 8)
-    table = {m: Measurement({"train": float(tr.time_s[i]), "infer_b1": float(b1.time_s[i]),
-                             "infer_b8": float(b8.time_s[i])}, float(max(tr.power_w[i], b8.power_w[i])))
+    table = {m: Measurement({TRAIN: float(tr.time_s[i]), INFER_B1: float(b1.time_s[i]),
+                             INFER_B8: float(b8.time_s[i])}, float(max(tr.power_w[i], b8.power_w[i])))
              for i, m in enumerate(roof.modes)}
     return space, table, fit_predictor(space, roof.modes, ref.time_s, ref.power_w)
 
@@ -127,7 +134,7 @@ def objective(m: Measurement, s: Scenario) -> float:
     """Training throughput if the mode fits the power budget and the latency goal, else 0."""
     if m.power_w > s.power_budget_w:
         return 0.0
-    return interleave_throughput(m.times["train"], m.times["infer_b1"], m.times["infer_b8"], s)[0]
+    return interleave_throughput(m.times[TRAIN], m.times[INFER_B1], m.times[INFER_B8], s)[0]
 
 
 @dataclass
@@ -161,7 +168,15 @@ def random_search(oracle: Oracle, s: Scenario, budget: int, seed: int = 0) -> Se
     return _best_profiled(oracle, s, "random")
 
 
-def gmd_search(oracle: Oracle, s: Scenario, budget: int | None = None) -> SearchResult:
+# How `gmd_search` ranks a move. Gains from different situations share one scale; these finite tiers (not
+# math.inf) keep moves within a tier ordered by their own value, exactly as the search was tuned.
+FEASIBLE_BONUS = 1e9  # added to a move from an infeasible mode to a feasible one: outranks every other move
+INFEASIBLE_GAIN = -1e9  # a move that stays or goes over the budget scores this minus its watts (less is better)
+PLATEAU_WEIGHT = 1e-6  # on a throughput plateau a faster mode still gains, but less than any real gain
+
+
+def gmd_search(oracle: Oracle, s: Scenario, budget: int | None = None,
+               speed_keys: tuple[str, ...] = SPEED_KEYS) -> SearchResult:
     """Gradient-based multi-dimensional descent from the fastest mode.
 
     Over the power budget (or missing the latency goal) it probes one step down each dimension and follows
@@ -171,114 +186,159 @@ def gmd_search(oracle: Oracle, s: Scenario, budget: int | None = None) -> Search
     grows with every knob), starts with steps of a quarter of each dimension and halves them when stuck;
     stuck at single steps, it tries trading one knob down for another up. It then restarts from each of
     the device's presets (nvpmodel modes) while profiling budget remains, keeping the best mode found.
+    `speed_keys` are the measured times (`Measurement.times` keys) whose rates measure a mode's speed.
     """
-    space = oracle.space
-    budget = budget or space.size
-    sizes = [len(v) for v in space.dims.values()]
-    steps = [max(1, n // 4) for n in sizes]
-    over: list[tuple[int, ...]] = []  # indices of modes found over the power budget
-    trace: list[Mode] = []
+    descent = _Descent(oracle, s, budget or oracle.space.size, speed_keys)
+    for start in _start_modes(oracle.space):
+        descent.descend_from(start)
+    result = _best_profiled(oracle, s, "gmd")
+    result.trace = descent.trace
+    return result
 
-    def pruned(mode: Mode) -> bool:
-        idx = space.index(mode)
-        return any(all(i >= j for i, j in zip(idx, o)) for o in over)
 
-    def probe(mode: Mode) -> Measurement | None:
-        if mode not in oracle.profiled and (oracle.count >= budget or pruned(mode)):
+def _start_modes(space: ModeSpace) -> list[Mode]:
+    """The fastest mode, then the device's presets."""
+    return [space.max_mode()] + [m for m in space.presets.values() if m != space.max_mode()]
+
+
+Move = tuple[tuple[int, int], ...]  # (dimension, direction) pairs, taken together
+
+
+class _Descent:
+    """The state of one GMD search: step sizes, modes found over budget (for pruning) and the trace."""
+
+    def __init__(self, oracle: Oracle, s: Scenario, budget: int, speed_keys: tuple[str, ...]):
+        self.oracle, self.s, self.budget, self.speed_keys = oracle, s, budget, speed_keys
+        self.space = oracle.space
+        self.sizes = [len(v) for v in self.space.dims.values()]
+        self.steps = self._initial_steps()
+        self.over: list[tuple[int, ...]] = []  # indices of modes found over the power budget
+        self.trace: list[Mode] = []
+
+    def _initial_steps(self) -> list[int]:
+        return [max(1, n // 4) for n in self.sizes]
+
+    def over_budget(self, m: Measurement) -> bool:
+        return m.power_w > self.s.power_budget_w
+
+    def pruned(self, mode: Mode) -> bool:
+        idx = self.space.index(mode)
+        return any(all(i >= j for i, j in zip(idx, o)) for o in self.over)
+
+    def probe(self, mode: Mode) -> Measurement | None:
+        """Profile `mode` unless the budget is spent or it is pruned (modes already profiled are free)."""
+        if mode not in self.oracle.profiled and (self.oracle.count >= self.budget or self.pruned(mode)):
             return None
-        m = oracle(mode)
-        if m.power_w > s.power_budget_w:
-            over.append(space.index(mode))
+        m = self.oracle(mode)
+        if self.over_budget(m):
+            self.over.append(self.space.index(mode))
         return m
 
-    def moved(mode: Mode, move: tuple[tuple[int, int], ...]) -> Mode | None:
-        idx = list(space.index(mode))
+    def moved(self, mode: Mode, move: Move) -> Mode | None:
+        """`mode` moved by the current steps, or None where a dimension is already at its end."""
+        idx = list(self.space.index(mode))
         for d, direction in move:
-            j = min(max(idx[d] + direction * steps[d], 0), sizes[d] - 1)
+            j = min(max(idx[d] + direction * self.steps[d], 0), self.sizes[d] - 1)
             if j == idx[d]:
                 return None
             idx[d] = j
-        return space.at(tuple(idx))
+        return self.space.at(tuple(idx))
 
-    def speed(m: Measurement) -> float:
-        return 1.0 / m.times["train"] + 1.0 / m.times["infer_b8"]
+    def speed(self, m: Measurement) -> float:
+        return sum(1.0 / m.times[key] for key in self.speed_keys)
 
-    def gain(here: Measurement, there: Measurement) -> float:
+    def gain(self, here: Measurement, there: Measurement) -> float:
         """How good a move is: feasible first, then throughput. Over the power budget: watts saved times
         the speed kept; within it but missing the latency goal: speed gained."""
-        value_here, value_there = objective(here, s), objective(there, s)
+        value_here, value_there = objective(here, self.s), objective(there, self.s)
         if value_here > 0 and value_there == value_here:  # a plateau (whole minibatches per cycle): go faster
-            return 1e-6 * (speed(there) / speed(here) - 1.0)
+            return PLATEAU_WEIGHT * (self.speed(there) / self.speed(here) - 1.0)
         if value_there > 0 or value_here > 0:
-            return value_there - value_here + (1e9 if value_here <= 0 else 0)
-        if here.power_w > s.power_budget_w:
+            return value_there - value_here + (FEASIBLE_BONUS if value_here <= 0 else 0)
+        if self.over_budget(here):
             saved = here.power_w - there.power_w
-            return saved * speed(there) / speed(here) if saved > 0 else -1e9 - there.power_w
-        if there.power_w > s.power_budget_w:
-            return -1e9 - there.power_w
-        return (speed(there) - speed(here)) / speed(here)
+            return saved * self.speed(there) / self.speed(here) if saved > 0 else INFEASIBLE_GAIN - there.power_w
+        if self.over_budget(there):
+            return INFEASIBLE_GAIN - there.power_w
+        return (self.speed(there) - self.speed(here)) / self.speed(here)
 
-    def bisect(over_mode: Mode, ok_mode: Mode, ok: Measurement, d: int) -> tuple[Mode, Measurement]:
-        hi, lo = space.index(over_mode)[d], space.index(ok_mode)[d]
-        while abs(hi - lo) > 1:
-            idx = list(space.index(ok_mode))
-            idx[d] = (hi + lo) // 2
-            mode = space.at(tuple(idx))
-            m = probe(mode)
-            if m is None:
-                break
-            trace.append(mode)
-            if m.power_w > s.power_budget_w or objective(m, s) < objective(ok, s):
-                hi = idx[d]
-            else:
-                lo, ok_mode, ok = idx[d], mode, m
-        return ok_mode, ok
-
-    dims = range(len(sizes))
-    starts = [space.max_mode()] + [m for m in space.presets.values() if m != space.max_mode()]
-    for current in starts:
-        steps = [max(1, n // 4) for n in sizes]
-        trace.append(current)
-        here = probe(current)
+    def descend_from(self, current: Mode) -> None:
+        """Descend from `current` until no move helps at single steps or the profiling budget is spent."""
+        self.steps = self._initial_steps()
+        self.trace.append(current)
+        here = self.probe(current)
         swaps = False  # when single steps are stuck: trade one knob down for another up
         while here is not None:
-            over_power = here.power_w > s.power_budget_w
-            moves = [((d, -1),) for d in dims] + ([] if over_power else [((d, 1),) for d in dims])
-            if swaps:
-                moves = [((d, -1), (e, 1)) for d in dims for e in dims if d != e]
-            options = []
-            for move in moves:
-                target = moved(current, move)
-                m = probe(target) if target is not None and target not in trace else None
-                if m is not None:
-                    options.append((gain(here, m), move, target, m))
-            good = [o for o in options if o[0] > (-1e9 if over_power else 0)]
+            over_power = self.over_budget(here)
+            good = self.good_moves(current, here, over_power, swaps)
             if not good:
                 if not swaps and not over_power:
                     swaps = True
                     continue
                 swaps = False
-                if all(step == 1 for step in steps) or oracle.count >= budget:
+                if not self.refine_steps():
                     break
-                steps = [max(1, step // 2) for step in steps]
                 continue
             swaps = False
             _, move, current, here = max(good, key=lambda o: o[0])
-            trace.append(current)
-            while True:  # line search along the chosen direction
-                target = moved(current, move)
-                m = probe(target) if target is not None else None
-                if m is None or gain(here, m) <= 0 or (objective(here, s) > 0 and objective(m, s) <= 0):
-                    break
-                crossed = here.power_w > s.power_budget_w >= m.power_w
-                previous, current, here = current, target, m
-                trace.append(current)
-                if crossed and len(move) == 1:  # the budget's edge lies between: bisect back towards it
-                    current, here = bisect(previous, current, here, move[0][0])
-                    break
-    result = _best_profiled(oracle, s, "gmd")
-    result.trace = trace
-    return result
+            self.trace.append(current)
+            current, here = self.line_search(current, here, move)
+
+    def candidate_moves(self, over_power: bool, swaps: bool) -> list[Move]:
+        dims = range(len(self.sizes))
+        if swaps:
+            return [((d, -1), (e, 1)) for d in dims for e in dims if d != e]
+        return [((d, -1),) for d in dims] + ([] if over_power else [((d, 1),) for d in dims])
+
+    def good_moves(self, current: Mode, here: Measurement, over_power: bool, swaps: bool
+                   ) -> list[tuple[float, Move, Mode, Measurement]]:
+        """(gain, move, target, measurement) of each candidate move that helps, in candidate order."""
+        options = []
+        for move in self.candidate_moves(over_power, swaps):
+            target = self.moved(current, move)
+            m = self.probe(target) if target is not None and target not in self.trace else None
+            if m is not None:
+                options.append((self.gain(here, m), move, target, m))
+        floor = INFEASIBLE_GAIN if over_power else 0
+        return [o for o in options if o[0] > floor]
+
+    def refine_steps(self) -> bool:
+        """Halve the steps; False when they are all single steps already or the budget is spent."""
+        if all(step == 1 for step in self.steps) or self.oracle.count >= self.budget:
+            return False
+        self.steps = [max(1, step // 2) for step in self.steps]
+        return True
+
+    def line_search(self, current: Mode, here: Measurement, move: Move) -> tuple[Mode, Measurement]:
+        """Keep stepping along `move` while it helps; where the budget's edge is crossed, bisect back to it."""
+        s = self.s
+        while True:
+            target = self.moved(current, move)
+            m = self.probe(target) if target is not None else None
+            if m is None or self.gain(here, m) <= 0 or (objective(here, s) > 0 and objective(m, s) <= 0):
+                return current, here
+            crossed = here.power_w > s.power_budget_w >= m.power_w
+            previous, current, here = current, target, m
+            self.trace.append(current)
+            if crossed and len(move) == 1:
+                return self.bisect(previous, current, here, move[0][0])
+
+    def bisect(self, over_mode: Mode, ok_mode: Mode, ok: Measurement, d: int) -> tuple[Mode, Measurement]:
+        """The best feasible mode along dimension `d` between an over-budget mode and a feasible one."""
+        hi, lo = self.space.index(over_mode)[d], self.space.index(ok_mode)[d]
+        while abs(hi - lo) > 1:
+            idx = list(self.space.index(ok_mode))
+            idx[d] = (hi + lo) // 2
+            mode = self.space.at(tuple(idx))
+            m = self.probe(mode)
+            if m is None:
+                break
+            self.trace.append(mode)
+            if self.over_budget(m) or objective(m, self.s) < objective(ok, self.s):
+                hi = idx[d]
+            else:
+                lo, ok_mode, ok = idx[d], mode, m
+        return ok_mode, ok
 
 
 def als_search(oracle: Oracle, s: Scenario, pretrained: Predictor, budget: int, initial: int = 4,
@@ -294,11 +354,11 @@ def als_search(oracle: Oracle, s: Scenario, pretrained: Predictor, budget: int, 
     while oracle.count < budget:
         seen = list(oracle.profiled)
         quantities = {}
-        for key in ("train", "infer_b1", "infer_b8"):
+        for key in QUANTITIES:
             values = [oracle.profiled[m].times[key] for m in seen]
             powers = [oracle.profiled[m].power_w for m in seen]
             quantities[key], quantities["power"] = transfer(pretrained, seen, values, powers).predict(modes)
-        predicted = throughput_array(quantities["train"], quantities["infer_b1"], quantities["infer_b8"],
+        predicted = throughput_array(quantities[TRAIN], quantities[INFER_B1], quantities[INFER_B8],
                                      quantities["power"], s)
         predicted[[i for i, mode in enumerate(modes) if mode in oracle.profiled]] = 0.0
         best = modes[int(np.argmax(predicted))] if predicted.max() > 0 else None

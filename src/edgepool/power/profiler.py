@@ -208,6 +208,11 @@ class ProfileTable:
         return cls(space=raw["space"], dims=raw["dims"], rows=raw["rows"], meta=raw.get("meta", {}))
 
 
+Worker = tuple[Workload, "mp.connection.Connection", "mp.Process"]  # a workload, its pipe end, its process
+MODELLED_POWER = "modelled (no power sensor on this host)"
+EMULATION = "cgroup v1 cpu quota + affinity + torch threads"
+
+
 def profile_modes(space: ModeSpace, workloads: list[Workload], modes: list[Mode] | None = None,
                   min_block_s: float = 0.08, blocks: int = 2, passes: int = 1, seed: int = 0,
                   progress: bool = False, log: Callable[[str], None] = print) -> ProfileTable:
@@ -221,81 +226,116 @@ def profile_modes(space: ModeSpace, workloads: list[Workload], modes: list[Mode]
     modes = list(modes if modes is not None else space.modes())
     reason = cgroup_unavailable_reason()
     if reason:
-        kept = [m for m in modes if space.describe(m)["cpu_fraction"] == 1.0]
-        log(f"note: {reason}; profiling only the {len(kept)} modes with cpu_fraction = 1.0 "
-            "(threads and cores only)")
-        modes = kept
+        modes = _full_speed_modes(space, modes, reason, log)
     sensor = detect_power_sensor()
     power_model = power_model_for(space)
-    ctx = mp.get_context("spawn")
     quota = None if reason else CpuQuota()
-    workers = []
+    workers: list[Worker] = []
     table = ProfileTable(space=space.name, dims=space.dim_names)
     started = time.time()
     try:
-        for w in workloads:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, w.to_dict()), daemon=True)
-            with _environment(WORKER_ENV):
-                proc.start()
-            if quota:
-                quota.add(proc.pid)
-            workers.append((w, parent, proc))
-        for _, parent, _ in workers:
-            if parent.recv() != "ready":
-                raise RuntimeError("a profiler worker failed to start")
+        _start_workers(workloads, quota, workers)
         bar = _progress(progress, len(modes) * len(workloads) * passes)
-        blocks_of: dict = {}
-        watts_of: dict = {}
-        rng = random.Random(seed)
-        for _ in range(passes):
-            order = list(modes)
-            rng.shuffle(order)
-            for mode in order:
-                d = space.describe(mode)
-                if quota:
-                    quota.set(d["cpu_fraction"] * d["cores"])
-                for w, parent, _ in workers:
-                    if sensor:
-                        sensor.read()
-                    parent.send((d["cores"], d["threads"], min_block_s, blocks))
-                    blocks_of.setdefault((w.name, mode), []).extend(parent.recv())
-                    if sensor:
-                        watts_of.setdefault((w.name, mode), []).append(sensor.read())
-                    bar(f"{w.name} {d}")
-        for w in workloads:
-            for mode in modes:
-                per_step = blocks_of[(w.name, mode)]
-                if sensor:
-                    watts = float(np.median(watts_of[(w.name, mode)]))
-                    source = f"measured: {sensor.name}"
-                else:
-                    watts, source = power_model.power(space, mode), "modelled (no power sensor on this host)"
-                table.rows.append({"workload": w.name, "mode": list(mode), "time_s": float(min(per_step)),
-                                   "time_blocks_s": [float(t) for t in per_step], "power_w": float(watts),
-                                   "power_source": source})
+        blocks_of, watts_of = _sweep(space, modes, workers, quota, sensor, min_block_s=min_block_s,
+                                      blocks=blocks, passes=passes, seed=seed, bar=bar)
+        table.rows = _rows(space, workloads, modes, blocks_of, watts_of, sensor, power_model)
     finally:
-        for _, parent, proc in workers:
-            try:
-                parent.send(None)
-            except OSError:
-                pass
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        if quota:
-            quota.remove()
+        _stop_workers(workers, quota)
     table.meta = {
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs)",
         "measured": "time per minibatch, real, on this host (fastest block); "
                     + ("power measured by " + sensor.name if sensor else "power modelled: " + power_model.source),
-        "emulation": reason or "cgroup v1 cpu quota + affinity + torch threads",
+        "emulation": reason or EMULATION,
         "workloads": [w.to_dict() for w in workloads],
         "modes": len(modes), "passes": passes, "blocks_per_pass": blocks, "min_block_s": min_block_s,
         "wall_s": round(time.time() - started, 1),
         "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return table
+
+
+def _full_speed_modes(space: ModeSpace, modes: list[Mode], reason: str, log: Callable[[str], None]) -> list[Mode]:
+    """Without cgroup quotas only the modes at full CPU speed can be emulated."""
+    kept = [m for m in modes if space.describe(m)["cpu_fraction"] == 1.0]
+    log(f"note: {reason}; profiling only the {len(kept)} modes with cpu_fraction = 1.0 "
+        "(threads and cores only)")
+    return kept
+
+
+def _start_workers(workloads: list[Workload], quota: CpuQuota | None, workers: list[Worker]) -> None:
+    """Start one worker process per workload (in the quota's group), appending each to `workers` as it
+    starts so that the caller can stop them all if a later one fails; then wait until every one is ready."""
+    ctx = mp.get_context("spawn")
+    for w in workloads:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, w.to_dict()), daemon=True)
+        with _environment(WORKER_ENV):
+            proc.start()
+        if quota:
+            quota.add(proc.pid)
+        workers.append((w, parent, proc))
+    for _, parent, _ in workers:
+        if parent.recv() != "ready":
+            raise RuntimeError("a profiler worker failed to start")
+
+
+def _sweep(space: ModeSpace, modes: list[Mode], workers: list[Worker], quota: CpuQuota | None,
+           sensor: PowerSensor | None, *, min_block_s: float, blocks: int, passes: int, seed: int,
+           bar: Callable[[str], None]) -> tuple[dict, dict]:
+    """`passes` sweeps over the modes, each in its own random order: set the mode's quota, then time every
+    workload in it. Returns the per-step time of every block and the watts read over each, per
+    (workload name, mode)."""
+    blocks_of: dict = {}
+    watts_of: dict = {}
+    rng = random.Random(seed)
+    for _ in range(passes):
+        order = list(modes)
+        rng.shuffle(order)
+        for mode in order:
+            d = space.describe(mode)
+            if quota:
+                quota.set(d["cpu_fraction"] * d["cores"])
+            for w, parent, _ in workers:
+                if sensor:
+                    sensor.read()
+                parent.send((d["cores"], d["threads"], min_block_s, blocks))
+                blocks_of.setdefault((w.name, mode), []).extend(parent.recv())
+                if sensor:
+                    watts_of.setdefault((w.name, mode), []).append(sensor.read())
+                bar(f"{w.name} {d}")
+    return blocks_of, watts_of
+
+
+def _rows(space: ModeSpace, workloads: list[Workload], modes: list[Mode], blocks_of: dict, watts_of: dict,
+          sensor: PowerSensor | None, power_model) -> list[dict]:
+    """One table row per workload and mode: the fastest block, every block, and power (measured or modelled)."""
+    rows = []
+    for w in workloads:
+        for mode in modes:
+            per_step = blocks_of[(w.name, mode)]
+            if sensor:
+                watts = float(np.median(watts_of[(w.name, mode)]))
+                source = f"measured: {sensor.name}"
+            else:
+                watts, source = power_model.power(space, mode), MODELLED_POWER
+            rows.append({"workload": w.name, "mode": list(mode), "time_s": float(min(per_step)),
+                         "time_blocks_s": [float(t) for t in per_step], "power_w": float(watts),
+                         "power_source": source})
+    return rows
+
+
+def _stop_workers(workers: list[Worker], quota: CpuQuota | None) -> None:
+    """Tell each worker to finish (killing any that do not within 5 s), then remove the quota's group."""
+    for _, parent, proc in workers:
+        try:
+            parent.send(None)
+        except OSError:
+            pass
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+    if quota:
+        quota.remove()
 
 
 @contextlib.contextmanager
