@@ -15,7 +15,7 @@ from edgepool.planners import get_planner, planner_names
 from edgepool.planners import hybrid as H
 from edgepool.planners.base import make_plan
 from edgepool.planners.costing import LinkCache, proportional_shares
-from edgepool.planners.dmp import close_groups, split_units
+from edgepool.planners.groups import close_groups, split_units
 from edgepool.profile import LayerProfile, ModelProfile
 from edgepool.simulator import simulate
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from edgepool.planners.base import better, check_request, infeasible_plan, register, usable_devices
 from edgepool.planners.costing import LinkCache
-from edgepool.planners.groups import close_groups, group_candidates, split_units  # noqa: F401  (re-exported)
+from edgepool.planners.groups import close_groups, group_candidates
 from edgepool.planners.hybrid import HybridPlanner
 from edgepool.plan import Plan
 

@@ -50,6 +50,7 @@ from edgepool.planners.base import (check_request, effective_speed, infeasible_p
                                     microbatch_candidates, register, usable_devices)
 from edgepool.planners.costing import (LinkCache, byte_scale, device_mode, normalize_shares, optimizer_time,
                                        proportional_shares)
+from edgepool.planners.groups import close_groups, group_candidates
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.profile import ModelProfile
 
@@ -393,8 +394,6 @@ class HybridPlanner:
         return chosen[0]
 
     def _group_candidates(self, profile, cluster, cost_model, batch, objective, constraints, devices, links):
-        from edgepool.planners.groups import close_groups, group_candidates
-
         found = close_groups(cluster, devices, links)
         if len(found) < 2:
             return []
@@ -431,7 +430,8 @@ class HybridPlanner:
             if len(scored) >= top and (c[1].throughput < band * feasible[0][1].throughput or len(scored) >= most):
                 break
             scored.append((replay(c), c))
-        scored += [(replay(c), c) for c in must if c[1].feasible]
+        scored += [(replay(c), c) for c in must
+                   if c[1].feasible and c[0].model_dump_json(include={"pipelines", "microbatches"}) not in seen]
         best_tp, best = max(scored, key=lambda t: t[0])
         if not small or len(best[0].pipelines) > 1:
             return best
