@@ -31,7 +31,8 @@ def _throughput(completions: dict[int, float], steps: range, batch: int) -> floa
 def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.cluster import load_cluster
     from edgepool.costmodel import CostModel
-    from edgepool.elastic.recovery import ElasticRun, FailureSpec
+    from edgepool.elastic.recovery import ElasticRun, FailureSpec, Supervision, Training
+    from edgepool.elastic.strategy import CheckpointRestart, PipelineReplay
     from edgepool.planners import get_planner
     from edgepool.profile import profile_model
     from edgepool.runtime.data import ModelSpec, build_bundle
@@ -50,11 +51,13 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     plan = replan(devices)
     victim = plan.devices[1]
     results = {}
-    for mode in ("replay", "checkpoint"):
+    for strategy in (PipelineReplay(), CheckpointRestart(checkpoint_every=k)):
+        mode = strategy.name
         if progress:
             print(f"[recovery] {mode}: {steps} iterations, kill -9 {victim} in iteration {fail_step}", flush=True)
-        outcome = ElasticRun(plan, model, steps, replan, mode=mode, seq=SEQ, optimizer="adam", lr=1e-3,
-                             failures=[FailureSpec(victim, fail_step)], checkpoint_every=k, timeout_s=240).run()
+        outcome = ElasticRun(plan, model, steps, replan, strategy, failures=[FailureSpec(victim, fail_step)],
+                             training=Training(seq=SEQ, optimizer="adam", lr=1e-3),
+                             supervision=Supervision(timeout_s=240)).run()
         rec = outcome.recovery_times()[0]
         fail_t = next(e["time"] for e in outcome.events if e["kind"] == "failure")
         results[mode] = {

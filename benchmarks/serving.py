@@ -39,7 +39,9 @@ def _progress(enabled: bool, total: int):
     return progress, task
 
 
-def _row(result: dict) -> dict:
+def _row(report) -> dict:
+    """The figures of one run (a serving `Report`) that the benchmark keeps, rounded."""
+    result = report.metrics
     keep = COLUMNS + ["p99_ttft_s", "p99_tbt_s", "finished", "failed", "refused", "pad_scale", "order",
                       "kv_block_occupancy", "recomputed_tokens", "swapped_blocks", "preemption_cost_s",
                       "makespan_s", "wall_s", "mean_service_s"]
@@ -72,9 +74,9 @@ def seed_check(workload: str, n: int, seeds: list[int]) -> dict:
     out = {}
     for seed in seeds:
         base = generate_trace(workload, n, 1.0, seed=seed)
-        saturation = simulate(retime(base, 1e9), "vllm", config)
+        saturation = simulate(retime(base, 1e9), "vllm", config).metrics
         trace = retime(base, saturation["saturated_requests_per_s"] * LOADS["high"], seed=23)
-        latency = {p: simulate(trace, p, config, predictor=predictor)["mean_latency_s"]
+        latency = {p: simulate(trace, p, config, predictor=predictor).metrics["mean_latency_s"]
                    for p in ["vllm", "padding-cost", "padding-cost-fcfs"]}
         out[str(seed)] = {p: round(latency[p] / latency["vllm"], 4) for p in ["padding-cost", "padding-cost-fcfs"]}
     return out
@@ -88,7 +90,7 @@ def run_simulated(workload: str, n: int, advance) -> dict:
     config = SimConfig(kv_cache_bytes=SIM_KV_GIB[workload] * 2**30)
     predictor, accuracy = train_predictor(workload, n=1500)
     base = generate_trace(workload, n, 1.0, seed=11)
-    saturation = simulate(retime(base, 1e9), "vllm", config)
+    saturation = simulate(retime(base, 1e9), "vllm", config).metrics
     capacity = saturation["saturated_requests_per_s"] or saturation["throughput_requests_per_s"]
     table = {}
     for load, fraction in LOADS.items():
@@ -126,7 +128,7 @@ def run_real(n: int, advance) -> dict:
     config = dict(model="llama-small", num_blocks=40, block_size=8, num_host_blocks=64, max_batch_requests=32,
                   max_batch_tokens=512)
     model = Engine(EngineConfig(**config)).model           # one set of weights for every run
-    saturation = Engine(EngineConfig(**config), model=model).run_trace(retime(base, 1e9))
+    saturation = Engine(EngineConfig(**config), model=model).run_trace(retime(base, 1e9)).metrics
     capacity = saturation["saturated_requests_per_s"] or saturation["throughput_requests_per_s"]
     table = {load: {} for load in LOADS}
     for load, fraction in LOADS.items():

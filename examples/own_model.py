@@ -17,7 +17,7 @@ from edgepool.cluster import load_cluster
 from edgepool.costmodel import CostModel
 from edgepool.planners import get_planner
 from edgepool.profile import profile_model
-from edgepool.runtime import ModelSpec, execute
+from edgepool.runtime import ModelSpec, RunOptions, execute
 from edgepool.simulator import simulate
 
 HERE = Path(__file__).resolve().parent
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
                      for p in plan.pipelines for s in p.stages))
     print(f"simulated: {simulated.throughput:.1f} samples/s on the devices of {cluster.name}")
 
-    outcome = execute(plan, cluster, launcher="local", steps=args.steps, model=ModelSpec(factory=args.factory),
-                      run_dir=args.output, env={"PYTHONPATH": str(HERE)}, timeout_s=args.timeout)
+    options = RunOptions(steps=args.steps, model=ModelSpec(factory=args.factory), run_dir=args.output,
+                         env={"PYTHONPATH": str(HERE)}, timeout_s=args.timeout)
+    outcome = execute(plan, cluster, "local", options)
     measured = outcome.report
     losses = measured.metrics["loss_per_step"]
     print(f"measured: {measured.throughput:.1f} samples/s here (local processes, not the real devices); "

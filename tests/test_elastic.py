@@ -9,7 +9,8 @@ import torch
 
 from edgepool.cli.elastic import parse_failure
 from edgepool.elastic.handover import block_sources, block_transfers
-from edgepool.elastic.recovery import ElasticRun, FailureSpec, JoinSpec
+from edgepool.elastic.recovery import ElasticRun, FailureSpec, JoinSpec, Supervision, Training
+from edgepool.elastic.strategy import CheckpointRestart, PipelineReplay
 from edgepool.errors import SpecError
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.runtime import ModelSpec, reference_train
@@ -82,8 +83,8 @@ def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
         return get_planner("gpipe").plan(profile, cluster, cm, 32, constraints={"devices": list(ds)})
     plan = replan(list(cluster.devices))
     victim = plan.devices[0]
-    runs = {m: simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(victim, 20.0)], replan, 60.0,
-                                    mode=m, restart_s=10.0) for m in ("replay", "checkpoint")}
+    runs = {s.name: simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(victim, 20.0)], replan, 60.0, s)
+            for s in (PipelineReplay(), CheckpointRestart(checkpoint_every=10, restart_s=10.0))}
     for tl in runs.values():
         kinds = [s.kind for s in tl.segments]
         assert kinds == ["train", "recovery", "train"]
@@ -92,6 +93,67 @@ def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
         assert gap > tl.segments[1].end_s - tl.segments[1].start_s - 1e-9  # no iteration during recovery
     assert runs["replay"].recoveries[0]["regained_s"] < runs["checkpoint"].recoveries[0]["regained_s"]
     assert len(runs["replay"].iterations) > len(runs["checkpoint"].iterations)
+
+
+def test_an_unknown_recovery_strategy_names_the_accepted_ones():
+    from edgepool.elastic.strategy import recovery_strategy
+
+    with pytest.raises(SpecError, match="recovery = 'rewind'.*replay, checkpoint"):
+        recovery_strategy("rewind")
+    assert recovery_strategy("checkpoint", checkpoint_every=3) == CheckpointRestart(checkpoint_every=3)
+    assert isinstance(recovery_strategy("replay", checkpoint_every=3), PipelineReplay)  # an option it has no use for
+
+
+def test_a_strategy_that_cannot_recover_says_so():
+    from edgepool.elastic.strategy import Failure, RecoveryFailed
+
+    class Workers:  # the supervisor's side, as the strategy sees it
+        def abort(self, generation, dead):
+            pass
+
+        def committed(self, generation, devices):
+            return 2
+
+    with pytest.raises(RecoveryFailed, match="block 2 is lost"):  # b and its replica holder c both gone
+        PipelineReplay().on_failure(Failure(0, pipeline(["a", "b", "c"]), ["a"], ["b", "c"], BATCH), Workers())
+    resume = PipelineReplay().on_failure(Failure(0, pipeline(["a", "b", "c"]), ["a", "c"], ["b"], BATCH), Workers())
+    assert resume.committed == 2 and not resume.restarts and resume.sources[2] == "c"
+
+
+def test_a_custom_recovery_strategy_plugs_into_the_simulation():
+    from edgepool.cluster import load_cluster
+    from edgepool.costmodel import CostModel
+    from edgepool.elastic.sim_events import simulate_with_events
+    from edgepool.elastic.strategy import RecoveryStrategy, SimulatedRecovery
+    from edgepool.events import DeviceFailure
+    from edgepool.models import build_model
+    from edgepool.planners import get_planner
+    from edgepool.profile import profile_model
+
+    class FixedPause(RecoveryStrategy):
+        name = "pause"
+        seen: list = []
+
+        def on_failure(self, failure, workers):
+            raise NotImplementedError
+
+        def simulate_failure(self, failure):
+            self.seen.append(failure)
+            return SimulatedRecovery(5.0, failure.step, 1, {"pause_s": 5.0})
+
+    cluster = load_cluster("home")
+    profile = profile_model(build_model("resnet18", meta=True), batch=1)
+    cm = CostModel(optimizer="sgd")
+
+    def replan(ds):
+        return get_planner("gpipe").plan(profile, cluster, cm, 32, constraints={"devices": list(ds)})
+    plan = replan(list(cluster.devices))
+    strategy = FixedPause()
+    tl = simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(plan.devices[0], 20.0)], replan, 60.0,
+                              strategy)
+    assert len(strategy.seen) == 1 and strategy.seen[0].alive == plan.devices[1:]
+    assert tl.mode == "pause" and tl.recoveries[0]["pause_s"] == 5.0
+    assert tl.segments[1].end_s - tl.segments[1].start_s == pytest.approx(5.0)
 
 
 def _assert_same_weights(state: dict[str, torch.Tensor], steps: int) -> None:
@@ -104,8 +166,9 @@ def _assert_same_weights(state: dict[str, torch.Tensor], steps: int) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_iteration_replays_and_matches_failure_free_training(tmp_path):
     steps = 6
-    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
-                     failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS}, timeout_s=120)
+    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, training=Training(lr=LR),
+                     out_dir=tmp_path, failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS},
+                     supervision=Supervision(timeout_s=120))
     out = run.run()
     assert [p.devices for p in out.plans] == [["a", "b", "c"], ["a", "c"]]
     failure = next(e for e in out.events if e["kind"] == "failure")
@@ -145,9 +208,9 @@ def test_sigkill_mid_iteration_on_the_testbed_replays_matches_and_leaves_nothing
     steps = 6  # paced, so that the supervisor polling the store over the bridge still kills inside step 3
     cluster = Cluster.uniform([_device(n, 10) for n in ("a", "b", "c")], bandwidth=1e8)
     root_before, sockets_before = _root_state(), _open_sockets()
-    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
-                     failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS}, timeout_s=120,
-                     launcher="testbed", cluster=cluster, pace_s=0.3)
+    run = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, training=Training(lr=LR),
+                     out_dir=tmp_path, failures=[FailureSpec("b", 3)], env={"PYTHONPATH": TESTS},
+                     supervision=Supervision(timeout_s=120, pace_s=0.3), launcher="testbed", cluster=cluster)
     out = run.run()
     tb = run.launcher
     assert isinstance(tb, Testbed) and out.where["launcher"] == "testbed"  # not a silent local fallback
@@ -167,9 +230,10 @@ def test_sigkill_mid_iteration_on_the_testbed_replays_matches_and_leaves_nothing
 @pytest.mark.slow
 def test_checkpoint_restart_baseline_also_matches(tmp_path):
     steps = 5  # pace: iterations last long enough that a busy host's supervisor still kills inside step 3
-    out = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline, mode="checkpoint", lr=LR,
-                     out_dir=tmp_path, failures=[FailureSpec("c", 3)], checkpoint_every=2,
-                     env={"PYTHONPATH": TESTS}, timeout_s=120, pace_s=0.3).run()
+    out = ElasticRun(pipeline(["a", "b", "c"]), TOY, steps, replan=pipeline,
+                     strategy=CheckpointRestart(checkpoint_every=2), training=Training(lr=LR),
+                     out_dir=tmp_path, failures=[FailureSpec("c", 3)], env={"PYTHONPATH": TESTS},
+                     supervision=Supervision(timeout_s=120, pace_s=0.3)).run()
     failure = next(e for e in out.events if e["kind"] == "failure")
     restart = next(e for e in out.events if e["kind"] == "restart")
     assert restart["from_step"] == failure["step"] // 2 * 2  # the newest checkpoint before the failure
@@ -181,8 +245,9 @@ def test_checkpoint_restart_baseline_also_matches(tmp_path):
 @pytest.mark.slow
 def test_a_joining_device_gets_work(tmp_path):
     steps = 14
-    out = ElasticRun(pipeline(["a", "b"]), TOY, steps, replan=pipeline, lr=LR, out_dir=tmp_path,
-                     joins=[JoinSpec("d", 1)], env={"PYTHONPATH": TESTS}, timeout_s=120, pace_s=0.3).run()
+    out = ElasticRun(pipeline(["a", "b"]), TOY, steps, replan=pipeline, training=Training(lr=LR),
+                     out_dir=tmp_path, joins=[JoinSpec("d", 1)], env={"PYTHONPATH": TESTS},
+                     supervision=Supervision(timeout_s=120, pace_s=0.3)).run()
     assert [p.devices for p in out.plans] == [["a", "b"], ["a", "b", "d"]]
     assert out.results["d"]["iterations"], "the joined device ran no iteration"
     assert out.samples["samples_lost"] == 0 and out.samples["samples_double_counted"] == 0

@@ -133,6 +133,44 @@ def test_bad_input_names_the_field():
         load_tweet_sentiment(3, 2)
 
 
+def test_an_unknown_method_names_the_registered_ones():
+    from edgepool.finetune import finetune_method
+
+    with pytest.raises(SpecError, match="method = 'qlora'.*accepted: pac, lora, full, adapters"):
+        finetune_method("qlora")
+
+
+def test_a_registered_method_plugs_into_the_loop(monkeypatch):
+    """A linear probe (only the head trains, on the frozen last state), added without touching the loop."""
+    from edgepool.finetune import method as method_module
+    from edgepool.finetune.adapters import ClassifierHead
+    from edgepool.finetune.data import pad_batch
+
+    monkeypatch.setattr(method_module, "_REGISTRY", dict(method_module._REGISTRY))  # registered for this test only
+    calls = []
+
+    @method_module.register_method
+    class Probe(method_module.FinetuneMethod):
+        name, default_lr = "probe", 1e-2
+
+        def prepare(self, backbone, num_labels, config):
+            head = ClassifierHead(backbone.hidden_size, num_labels)
+            return method_module.TrainableParts(None, head, list(head.parameters()))
+
+        def logits(self, tuner, split, indices):
+            calls.append(len(indices))
+            ids, mask = pad_batch([split.input_ids[i] for i in indices], tuner.task.pad_id)
+            with torch.no_grad():
+                hidden = tuner.backbone.last_hidden(ids, mask)
+            return tuner.head(hidden, mask)
+
+    tuner = Finetuner(replace(TINY, method="probe", epochs=1))
+    result = tuner.run()
+    assert result.method == "probe" and tuner.optimizer.param_groups[0]["lr"] == 1e-2
+    assert result.trainable_params == sum(p.numel() for p in tuner.head.parameters())
+    assert sum(calls) == TINY.n_train + TINY.n_test and tuner.cache is None
+
+
 def test_real_tweets_ship_offline_and_are_balanced():
     task = load_tweet_sentiment(40, 20, seed=0)
     assert len(task.train_texts) == 40 and sum(task.train_labels) == 20 and sum(task.test_labels) == 10

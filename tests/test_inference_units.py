@@ -145,7 +145,7 @@ def test_cli_reports_infeasible_and_rejects_bad_plan(tmp_path):
 
 
 def test_decode_step_with_costly_collectives_runs_on_one_device_or_a_pipeline():
-    from edgepool.inference.commprobe import CommCosts
+    from edgepool.runtime.probes.comm import CommCosts
 
     profile = profile_model(build_model("gpt2-tiny", meta=True), 1, 1)
     cluster = _cluster({"a": 10, "b": 8, "c": 6}, bandwidth=100e6 / 8)
@@ -163,7 +163,7 @@ def test_decode_step_with_costly_collectives_runs_on_one_device_or_a_pipeline():
 @pytest.mark.parametrize("seq,phase,bandwidth", [(64, "prefill", 1e9 / 8), (64, "prefill", 100e6 / 8),
                                                   (8, "prefill", 1e9 / 8), (1, "decode", 1e9 / 8)])
 def test_planner_never_predicts_slower_than_even_tensor_parallelism(bert_profile, seq, phase, bandwidth):
-    from edgepool.inference.commprobe import CommCosts
+    from edgepool.runtime.probes.comm import CommCosts
 
     profile = bert_profile if phase == "prefill" else profile_model(build_model("gpt2-tiny", meta=True), 1, 1)
     cluster = _cluster({"a": 12, "b": 10, "c": 7, "d": 5}, bandwidth=bandwidth)
@@ -177,7 +177,7 @@ def test_planner_never_predicts_slower_than_even_tensor_parallelism(bert_profile
 
 
 def test_message_cpu_costs_slow_a_slower_device_more(bert_profile):
-    from edgepool.inference.commprobe import CommCosts
+    from edgepool.runtime.probes.comm import CommCosts
 
     cluster = _cluster({"a": 20, "b": 5}, bandwidth=1e9 / 8)
     shape = RequestShape(1, 64)
@@ -196,7 +196,7 @@ def test_message_cpu_costs_slow_a_slower_device_more(bert_profile):
 
 
 def test_probe_results_fit_into_comm_costs():
-    from edgepool.inference.commprobe import fit_comm_costs
+    from edgepool.runtime.probes.comm import fit_comm_costs
 
     def rank(dev, tiny_ar, big_ar, tiny_p2p, big_p2p):
         return {"device": dev, "hop_s": 5e-4,
@@ -213,3 +213,15 @@ def test_probe_results_fit_into_comm_costs():
     assert costs.p2p_message_cpu_s == pytest.approx(1e-4)
     assert costs.p2p_phase_s == pytest.approx(2e-3) and costs.hop_s == pytest.approx(5e-4)
     assert costs.allreduce_fixed_s(4) == pytest.approx(3e-3 / 2 * 6)  # extrapolated by ring steps
+
+
+@pytest.mark.parametrize("strategy", ["tp", "even-tp"])
+def test_a_shared_medium_slows_the_simulated_collectives_as_in_training(bert_profile, strategy):
+    """One network model (`edgepool.network`): pair transfers and all-reduces on one Wi-Fi share its capacity."""
+    devices = [_device(n, s) for n, s in {"a": 10, "b": 8, "c": 6}.items()]
+    free = Cluster.uniform(devices, bandwidth=100e6 / 8, latency_s=1e-4)
+    shared = Cluster.uniform(devices, bandwidth=100e6 / 8, latency_s=1e-4, medium="wifi", medium_capacity=100e6 / 8)
+    plan = plan_inference(bert_profile, free, RequestShape(1, 64), strategy=strategy)
+    assert len(plan.devices) > 1
+    alone, on_air = (simulate_inference(plan, bert_profile, c).metrics["stages"][0]["comm_s"] for c in (free, shared))
+    assert on_air > alone > 0

@@ -13,7 +13,7 @@ from torch import nn
 from edgepool.errors import SpecError
 from edgepool.models.zoo import bundle_from_module
 from edgepool.plan import PipelinePlan, Plan, StagePlan
-from edgepool.runtime import ModelSpec, execute
+from edgepool.runtime import ModelSpec, RunOptions, execute
 from edgepool.runtime.data import NoParameters, make_optimizer, step_batch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -99,9 +99,10 @@ def test_first_and_last_stages_without_parameters_run(tmp_path):
     plan = Plan(planner="gpipe", model="flat-mlp", cluster="test", num_layers=5, batch=8, microbatches=2,
                 schedule="gpipe", pipelines=[PipelinePlan(stages=[stage((0, 1), "a"), stage((1, 4), "b"),
                                                                   stage((4, 5), "c")])])
-    outcome = execute(plan, None, launcher="local", steps=2, model=ModelSpec(factory=f"{__name__}:"
-                      "flatten_first_relu_last"), env={"PYTHONPATH": str(Path(__file__).parent)},
-                      timeout_s=90, run_dir=tmp_path)
+    outcome = execute(plan, None, "local", RunOptions(steps=2, model=ModelSpec(factory=f"{__name__}:"
+                                                                                "flatten_first_relu_last"),
+                                                      env={"PYTHONPATH": str(Path(__file__).parent)},
+                                                      timeout_s=90, run_dir=tmp_path))
     losses = outcome.report.metrics["loss_per_step"]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert outcome.report.per_device["a"].busy_s > 0

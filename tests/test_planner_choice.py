@@ -11,10 +11,10 @@ from edgepool.models import build_model
 from edgepool.planners import get_planner, planner_names
 from edgepool.profile import profile_model
 from edgepool.runtime.data import ModelSpec, build_bundle
-from edgepool.runtime.emulation import HostCalibration, emulated_cluster, emulated_cost_model
+from edgepool.runtime.emulation import HostCalibration, emulated_cost_model, launcher_emulation
 from edgepool.runtime.experiment import Comparison
 from edgepool.simulator import simulate
-from edgepool.testbed.testbed import device_limits
+from edgepool.testbed.testbed import device_limits, emulated_cluster
 
 HOME = ("laptop", "jetson", "pi", "phone")
 
@@ -28,7 +28,7 @@ def emulated(cluster_name: str, quota: dict[str, float], seq: int, overhead_s: f
                            profile=profile, message_cpu_s=message_s)
     limits = device_limits(cluster, list(cluster.devices), cpu_budget=2.0)
     launcher = {"launcher": "testbed", "devices": {n: {"cpu_cores": l.cpu_cores} for n, l in limits.items()}}
-    em = emulated_cluster(cluster, launcher, host, quota)
+    em = emulated_cluster(cluster, launcher_emulation(cluster, launcher, quota), host.core_device())
     return profile, em, emulated_cost_model(em, host)
 
 

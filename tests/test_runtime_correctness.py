@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgepool.plan import PipelinePlan, Plan, StagePlan
-from edgepool.runtime import ModelSpec, execute, reference_train
+from edgepool.runtime import ModelSpec, RunOptions, execute, reference_train
 from edgepool.testbed import WorkerFailed
 
 TESTS = str(Path(__file__).parent)
@@ -42,8 +42,8 @@ PLANS = {
 
 
 def run_and_collect(p: Plan, model: ModelSpec, tmp_path: Path, **kw) -> dict[str, torch.Tensor]:
-    outcome = execute(p, None, launcher="local", steps=STEPS, model=model, lr=LR, save_state=True,
-                      env={"PYTHONPATH": TESTS}, timeout_s=90, run_dir=tmp_path, **kw)
+    outcome = execute(p, None, "local", RunOptions(steps=STEPS, model=model, lr=LR, save_state=True,
+                                                   env={"PYTHONPATH": TESTS}, timeout_s=90, run_dir=tmp_path, **kw))
     state: dict[str, torch.Tensor] = {}
     for f in outcome.state_files():
         state.update(torch.load(f))
@@ -89,7 +89,8 @@ def test_gpt2_tiny_tied_embeddings_across_stages(tmp_path):
 def test_a_failing_worker_stops_the_run_without_hanging(tmp_path):
     start = time.monotonic()
     with pytest.raises(WorkerFailed, match="injected failure|exit status 1"):
-        execute(PLANS["pipedream"], None, launcher="local", steps=3, model=TOY, env={"PYTHONPATH": TESTS},
-                timeout_s=60, run_dir=tmp_path, hooks=["runtime_toy:CrashOnRankZero"])
+        execute(PLANS["pipedream"], None, "local", RunOptions(steps=3, model=TOY, env={"PYTHONPATH": TESTS},
+                                                              timeout_s=60, run_dir=tmp_path,
+                                                              hooks=["runtime_toy:CrashOnRankZero"]))
     assert time.monotonic() - start < 50
     assert "RuntimeError: injected failure" in (tmp_path / "error-rank0.txt").read_text()

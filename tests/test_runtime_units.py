@@ -11,7 +11,7 @@ from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.runtime.comm import gradient_buckets
 from edgepool.runtime.launch import torchrun_commands
 from edgepool.runtime.layout import Layout, split_counts
-from edgepool.runtime.schedule import in_flight, stage_actions
+from edgepool.schedule import SCHEDULES, in_flight, stage_actions
 
 
 def two_stage_plan(**kw) -> Plan:
@@ -74,6 +74,22 @@ def test_1f1b_holds_fewer_activations_than_gpipe():
     assert [str(a) for a in stage_actions("1f1b", 2, 0, 3)] == ["F0", "F1", "B0", "F2", "B1", "B2"]
 
 
+@pytest.mark.parametrize("stages,micro", [(1, 2), (2, 3), (4, 8)])
+def test_every_send_has_a_receive_on_the_neighbour(stages, micro):
+    for name in ("1f1b", "gpipe"):
+        lists = [stage_actions(name, stages, s, micro) for s in range(stages)]
+        sends = {(s, a.send_to, a.kind, a.microbatch) for s, actions in enumerate(lists) for a in actions
+                 if a.send_to is not None}
+        receives = {(a.recv_from, s, a.kind, a.microbatch) for s, actions in enumerate(lists) for a in actions
+                    if a.recv_from is not None}
+        assert sends == receives and all(abs(src - dst) == 1 for src, dst, _, _ in sends)
+        # activations flow toward the last stage, gradients back; the ends neither receive nor send past the edge
+        assert all((dst > src) == (kind == "fwd") for src, dst, kind, _ in sends)
+        assert len(sends) == 2 * (stages - 1) * micro
+    assert SCHEDULES["gpipe"].waves and not SCHEDULES["1f1b"].waves
+    assert all(a.kind == "fwd" for a in stage_actions("gpipe", 3, 2, 4)[:4])  # waves: every forward first
+
+
 def test_gradient_buckets_group_tied_weights_across_stages():
     first = nn.Linear(4, 4)
 
@@ -127,7 +143,7 @@ def test_print_launch_writes_the_spec_and_one_torchrun_command_per_host(tmp_path
 
 @pytest.mark.slow
 def test_message_probe_measures_a_small_positive_cpu_cost():
-    from edgepool.runtime.message_probe import measure_message_cpu_s
+    from edgepool.runtime.probes.comm import measure_message_cpu_s
 
     cost = measure_message_cpu_s(4096, rounds=30)
     assert 1e-6 < cost < 0.05  # tens of microseconds to a millisecond per message on a CPU host

@@ -10,7 +10,8 @@ import torch
 from edgepool.errors import SpecError
 from edgepool.serving.block_manager import BlockManager
 from edgepool.serving.request import Request, RequestState
-from edgepool.serving.scheduler import RequestRejected, Scheduler, VllmPolicy, make_policy
+from edgepool.serving.policies import VllmPolicy, make_policy
+from edgepool.serving.scheduler import RequestRejected, Scheduler
 from edgepool.serving.simulator import SimConfig, simulate
 from edgepool.serving.traces import WORKLOADS, generate_trace, trace_stats
 
@@ -44,7 +45,7 @@ class SwapPolicy(VllmPolicy):
     name = "always-swap"
 
     def preempt_mode(self, victim, scheduler, plan):
-        ok = victim.num_computed and scheduler.blocks.can_swap_out(victim.request_id, victim.num_computed)
+        ok = victim.num_computed and scheduler.can_swap_out(victim)
         return "swap" if ok else "recompute"
 
 
@@ -113,11 +114,11 @@ def test_simulator_loses_nothing_under_pressure(policy):
     trace = generate_trace("sharegpt", 60, rate=50.0, seed=3)
     config = SimConfig(kv_cache_bytes=1.25 * 2**30, host_pool_bytes=0.25 * 2**30)
     result = simulate(trace, policy, config, predictor=NoisyPredictor(), check_blocks=True)
-    assert result["requests_lost"] == 0
-    assert result["finished"] == 60 and result["failed"] + result["refused"] == 0
+    assert result.metrics["requests_lost"] == 0
+    assert result.metrics["finished"] == 60 and result.metrics["failed"] + result.metrics["refused"] == 0
     if policy != "max-reserve":
-        assert result["preemptions_recompute"] + result["preemptions_swap"] > 0
-    assert result["source"] == "simulated"
+        assert result.metrics["preemptions_recompute"] + result.metrics["preemptions_swap"] > 0
+    assert result.source == "simulated"
 
 
 def test_unknown_policy_is_a_spec_error():
@@ -191,9 +192,9 @@ def test_engine_trace_replay_reports_measured_metrics():
     engine = _engine(num_blocks=24)
     trace = generate_trace("alpaca", 8, rate=100.0, seed=2, length_scale=0.3, max_context=64)
     result = engine.run_trace(trace)
-    assert result["source"] == "measured"
-    assert result["finished"] == 8 and result["requests_lost"] == 0
-    assert result["mean_latency_s"] > 0 and result["throughput_tokens_per_s"] > 0
+    assert result.source == "measured"
+    assert result.metrics["finished"] == 8 and result.metrics["requests_lost"] == 0
+    assert result.metrics["mean_latency_s"] > 0 and result.metrics["throughput_tokens_per_s"] > 0
 
 
 # --- HTTP -------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def test_cli_serve_sim_runs():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert set(data["results"]) == {"vllm", "padding-cost"}
-    assert all(r["requests_lost"] == 0 for r in data["results"].values())
+    assert all(r["metrics"]["requests_lost"] == 0 for r in data["results"].values())
 
 
 @pytest.mark.slow
@@ -319,10 +320,10 @@ def test_padding_tuner_grows_by_preemption_cost():
     scheduler = Scheduler(policy, BlockManager(64, 4, 32), cost=FixedCost(), predictor=NoisyPredictor())
     scheduler.mean_step_time = 0.1
     scheduler.stats.preempt_swap, scheduler.stats.preempt_cost_s = 1, 0.01          # a cheap swap: 0.1 step
-    policy.observe(scheduler)
+    policy.observe(scheduler.view)
     after_swap = policy.pad_scale
     scheduler.stats.preempt_recompute, scheduler.stats.preempt_cost_s = 1, 0.01 + 0.5   # a re-prefill: 5 steps
-    policy.observe(scheduler)
+    policy.observe(scheduler.view)
     assert after_swap == pytest.approx(0.01)
     assert policy.pad_scale - after_swap == pytest.approx(0.5)
 
@@ -335,9 +336,9 @@ def test_padding_tuner_overbooks_while_memory_idles():
     newcomer = Request("b", prompt_len=10, max_new_tokens=290, predicted_len=150.0, predicted_upper=300.0)
     scheduler.add(newcomer)
     need = scheduler.blocks.blocks_for(newcomer.total_tokens)
-    assert not policy.admits(newcomer, scheduler, need)     # predicted peak 324 tokens > 300 of cache
+    assert not policy.admits(newcomer, scheduler.view, need)     # predicted peak 324 tokens > 300 of cache
     scheduler.blocked_on_memory = True
     for _ in range(10):
-        policy.observe(scheduler)
+        policy.observe(scheduler.view)
     assert policy.pad_scale == -1.0                          # shrank below zero, stopped at min_scale
-    assert policy.admits(newcomer, scheduler, need)          # over-booked by the pooled uncertainty
+    assert policy.admits(newcomer, scheduler.view, need)          # over-booked by the pooled uncertainty

@@ -8,7 +8,7 @@ import pytest
 from edgepool.catalog import get_device
 from edgepool.cluster import Cluster, load_cluster
 from edgepool.errors import SpecError
-from edgepool.testbed import LocalLauncher, WorkerFailed, device_limits, emulated_cluster, make_launcher
+from edgepool.testbed import Emulation, LocalLauncher, WorkerFailed, device_limits, emulated_cluster, make_launcher
 from edgepool.testbed.shaping import WIRE_OVERHEAD, rate_arg, shaping_plan
 
 
@@ -104,7 +104,7 @@ def test_emulated_cluster_is_the_host_core_scaled_by_each_quota():
     cluster = load_cluster("home")
     limits = device_limits(cluster, ["laptop", "pi", "phone"], cpu_budget=2)
     host = _device("host-core", 20.0).model_copy(update={"memory_bandwidth": 5e9, "efficiency": 0.5})
-    emu = emulated_cluster(cluster, limits, host, bandwidth_scale=0.5)
+    emu = emulated_cluster(cluster, Emulation.of_limits(limits, bandwidth_scale=0.5), host)
     assert list(emu.devices) == ["laptop", "pi", "phone"]
     assert emu.devices["phone"].peak("fp32") == pytest.approx(20e9 * limits["phone"].cpu_cores)
     assert emu.devices["pi"].peak("fp32") / emu.devices["phone"].peak("fp32") == pytest.approx(

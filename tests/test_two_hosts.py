@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from edgepool.cli import app
 from edgepool.errors import SpecError
 from edgepool.plan import PipelinePlan, Plan, StagePlan
-from edgepool.runtime import ModelSpec, execute
+from edgepool.runtime import ModelSpec, RunOptions, execute
 from edgepool.runtime.gather import gather_run
 from edgepool.runtime.netif import choose_gloo_interface, interface_towards
 from edgepool.runtime.worker import WorkerSpec
@@ -69,8 +70,8 @@ def test_a_worker_whose_peers_never_come_ends_within_the_timeout(tmp_path):
 def local_run(tmp_path_factory):
     """A real two-process run; its result files are then split into one folder per "host"."""
     run_dir = tmp_path_factory.mktemp("run")
-    outcome = execute(PLAN, None, launcher="local", steps=3, model=TOY, env={"PYTHONPATH": TESTS},
-                      timeout_s=90, run_dir=run_dir)
+    outcome = execute(PLAN, None, "local", RunOptions(steps=3, model=TOY, env={"PYTHONPATH": TESTS},
+                                                      timeout_s=90, run_dir=run_dir))
     return outcome
 
 
@@ -119,5 +120,8 @@ def test_gather_says_what_is_missing_or_foreign(local_run, tmp_path):
     with pytest.raises(SpecError, match="DIR = .*nowhere"):
         gather_run([tmp_path / "nowhere"])
     (folders[0] / "worker-spec.json").unlink()
-    with pytest.raises(SpecError, match="worker-spec.json.*--spec plan-run.json"):
+    with pytest.raises(SpecError, match="worker-spec.json"):
         gather_run(folders[:1])
+    # the command line names the flag that gives it (the library names no flag)
+    result = CliRunner().invoke(app, ["report", "gather", str(folders[0]), "-o", str(tmp_path / "y")])
+    assert result.exit_code == 2 and re.search("worker-spec.json.*--spec plan-run.json", result.output)

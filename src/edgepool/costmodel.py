@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from edgepool.cluster import Link
+from edgepool.cluster import Cluster, Link
 from edgepool.device import Device, PowerMode
 from edgepool.profile import ModelProfile
 
@@ -158,3 +158,16 @@ class CostModel:
         efficiency = min(max(1.0 / slope, 1e-4), 1.0)
         return replace(self, efficiency={**self.efficiency, device.name: efficiency},
                        layer_overhead_s={**self.layer_overhead_s, device.name: overhead})
+
+
+def device_speed(cluster: Cluster, name: str, cost_model: CostModel | None = None, *,
+                 peak_only: bool = False) -> float:
+    """FLOP/s a cluster device sustains in the power mode the cluster sets: its peak at the cost model's
+    precision x its efficiency x the mode's compute scale (`CostModel.effective_flops`). Planners rank and
+    split devices by it; the testbed sizes CPU quotas by it (no cost model: fp32, the device's own efficiency).
+    `peak_only`: the datasheet peak alone, as collaborative PAC splits its data (efficiency and mode ignored)."""
+    cost_model = cost_model or CostModel()
+    device = cluster.devices[name]
+    if peak_only:
+        return device.peak(cost_model.precision)
+    return cost_model.effective_flops(device, mode=device.mode(cluster.power_modes.get(name)))

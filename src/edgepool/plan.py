@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
+from edgepool.schedule import SCHEDULES
 
 PLAN_VERSION = 1
 
@@ -73,7 +74,7 @@ class Plan(BaseModel):
     num_layers: int = Field(gt=0)
     batch: int = Field(gt=0, description="samples per iteration (training) or per request (inference)")
     microbatches: int = Field(default=1, gt=0)
-    schedule: Literal["1f1b", "gpipe", "none"] = "1f1b"
+    schedule: str = Field(default="1f1b", description="a name in edgepool.schedule.SCHEDULES")
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     seq: int | None = None
     pipelines: list[PipelinePlan] = Field(min_length=1)
@@ -86,6 +87,8 @@ class Plan(BaseModel):
     def _check(self) -> "Plan":
         if self.version != PLAN_VERSION:
             raise _FieldError("version", self.version, str(PLAN_VERSION))
+        if self.schedule not in SCHEDULES:  # a schedule registered there is accepted here, no second list
+            raise _FieldError("schedule", self.schedule, ", ".join(SCHEDULES))
         shares = [p.batch_share for p in self.pipelines]
         if not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
             raise _FieldError("pipelines.batch_share", shares, "batch shares that sum to 1")

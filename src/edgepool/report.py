@@ -32,6 +32,7 @@ class TimelineEvent(BaseModel):
     microbatch: int | None = None
     stage: int | None = None
     iteration: int | None = None
+    request: str | None = None        # serving: the request this span belongs to (kinds first-token, decode)
 
 
 class Report(BaseModel):

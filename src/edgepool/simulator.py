@@ -1,16 +1,16 @@
 """Simulator: replays one training iteration of a `Plan` micro-batch by micro-batch and reports it.
 
-Each stage group runs its forward and backward passes in the schedule's order (1F1B: warm-up forwards,
-then one backward per forward, then the remaining backwards; GPipe: all forwards, then all backwards in
-reverse). Activations and their gradients move over the links between consecutive groups; a directed
+Each stage group runs the action list of the plan's schedule (`edgepool.schedule.stage_actions`, the lists
+the runtime's workers execute): its passes in that order, each send a transfer the receiving pass waits
+for. Activations and their gradients move over the links between consecutive groups; a directed
 boundary is one channel (links are full duplex) unless it crosses a shared medium, whose capacity every
 transfer on it shares (transfers on one medium take turns at its full rate). After its last backward a
 stage all-reduces its gradients inside its group; parameters several stages share (a tied embedding and
 head) are all-reduced among those stages' devices; with several pipelines the whole model's gradients are
 then all-reduced across pipelines; then every device steps its optimizer. Every duration comes from the
 same functions the planners' estimate uses (`edgepool.planners.costing`); the simulator composes them as
-events instead of a closed form. Peak memory counts the micro-batches a stage really holds in flight in
-the replayed order; a plan that exceeds any device's memory is reported infeasible, never run.
+events instead of a closed form. Peak memory counts the micro-batches a stage holds in flight under its
+action list; a plan that exceeds any device's memory is reported infeasible, never run.
 Energy is modelled (busy time at full dynamic power, the rest at idle power), per iteration.
 """
 from __future__ import annotations
@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
+from edgepool.network import LinkCache
 from edgepool.plan import PipelinePlan, Plan
-from edgepool.planners.costing import (LinkCache, PipelineCost, SharedSync, cross_pipeline_allreduce, device_mode,
+from edgepool.planners.costing import (PipelineCost, SharedSync, cross_pipeline_allreduce, device_mode,
                                        memory_per_device, memory_problem, pipeline_costs, shared_gradient_syncs)
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
+from edgepool.schedule import Action, in_flight, stage_actions
 
 
 # ----------------------------------------------------------------------------- the replay
@@ -43,23 +45,6 @@ class _Op:
     receivers: list[str] = field(default_factory=list)
     start: float = 0.0
     end: float = 0.0
-
-
-def stage_order(schedule: str, stage: int, num_stages: int, microbatches: int) -> list[tuple[str, int]]:
-    """The order a stage runs its passes: [("fwd", 0), ("fwd", 1), ("bwd", 0), ...]."""
-    M = microbatches
-    if schedule == "gpipe":
-        return [("fwd", i) for i in range(M)] + [("bwd", i) for i in reversed(range(M))]
-    warm = min(num_stages - stage, M)
-    order = [("fwd", i) for i in range(warm)]
-    f, b = warm, 0
-    while b < M:
-        order.append(("bwd", b))
-        b += 1
-        if f < M:
-            order.append(("fwd", f))
-            f += 1
-    return order
 
 
 def _run(ops: list[_Op], programs: dict[object, list[int]]) -> None:
@@ -151,10 +136,11 @@ def _check_request(plan: Plan, cluster: Cluster, profile: ModelProfile) -> None:
 # ----------------------------------------------------------------------------- one iteration as operations
 @dataclass
 class _Iteration:
-    """The operations of one iteration, each stage's program (its operations in order) and how many
-    micro-batches each stage holds at most (memory is counted from the order really replayed)."""
+    """The operations of one iteration, each stage's program (its operations in order), the action list
+    it came from and how many micro-batches each stage holds at most under it."""
     ops: list[_Op] = field(default_factory=list)
     programs: dict[object, list[int]] = field(default_factory=dict)
+    actions: dict[tuple[int, int], list[Action]] = field(default_factory=dict)
     in_flight: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def add(self, op: _Op) -> int:
@@ -169,8 +155,8 @@ def _build_iteration(plan: Plan, costs: list[PipelineCost], syncs: list[SharedSy
     it = _Iteration()
     finished: list[tuple[int, int, int]] = []  # (pipeline, stage, the op after which its gradients are final)
     for p, (pipe, pc) in enumerate(zip(plan.pipelines, costs)):
-        fwd_id, bwd_id = _add_passes(it, p, pipe, pc, plan.schedule, plan.microbatches)
-        _add_transfers(it, p, pipe, pc, fwd_id, bwd_id, plan.microbatches)
+        passes = _add_passes(it, p, pipe, pc, plan.schedule, plan.microbatches)
+        _add_transfers(it, p, pipe, pc, passes)
         finished += _add_stage_allreduces(it, p, pipe, pc)
     sync_ops, waits_for_sync = _add_shared_syncs(it, syncs, finished)
     cross_id = None
@@ -181,59 +167,49 @@ def _build_iteration(plan: Plan, costs: list[PipelineCost], syncs: list[SharedSy
     return it
 
 
-def _peak_in_flight(order: list[tuple[str, int]]) -> int:
-    """The most micro-batches whose forward ran and backward did not yet, in a stage's order."""
-    held = peak = 0
-    for phase, _ in order:
-        held += 1 if phase == "fwd" else -1
-        peak = max(peak, held)
-    return peak
-
-
 def _add_passes(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost, schedule: str,
-                microbatches: int) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
-    """Each stage's forward and backward passes in the schedule's order, which becomes the stage's program;
-    their dependencies are filled in by `_add_transfers` once every pass exists."""
-    fwd_id: dict[tuple[int, int], int] = {}
-    bwd_id: dict[tuple[int, int], int] = {}
-    for s, (_, so) in enumerate(zip(pipe.stages, pc.stages)):
-        order = stage_order(schedule, s, len(pipe.stages), microbatches)
-        it.in_flight[(p, s)] = _peak_in_flight(order)
+                microbatches: int) -> dict[tuple[int, str, int], int]:
+    """Each stage's forward and backward passes in the order of its action list, which becomes the stage's
+    program; their dependencies are filled in by `_add_transfers` once every pass exists.
+    Returns (stage, kind, micro-batch) -> the pass."""
+    passes: dict[tuple[int, str, int], int] = {}
+    for s, so in enumerate(pc.stages):
+        actions = stage_actions(schedule, len(pipe.stages), s, microbatches)
+        it.actions[(p, s)] = actions
+        it.in_flight[(p, s)] = in_flight(actions)
         ids = []
-        for phase, i in order:
-            times = so.fwd if phase == "fwd" else so.bwd
-            op = it.add(_Op(phase, ("stage", p, s), max(times.values()), [], p, s, i, devices=dict(times)))
-            (fwd_id if phase == "fwd" else bwd_id)[(s, i)] = op
+        for a in actions:
+            times = so.fwd if a.kind == "fwd" else so.bwd
+            op = it.add(_Op(a.kind, ("stage", p, s), max(times.values()), [], p, s, a.microbatch, devices=dict(times)))
+            passes[(s, a.kind, a.microbatch)] = op
             ids.append(op)
         it.programs[("stage", p, s)] = ids
-    return fwd_id, bwd_id
+    return passes
 
 
-def _add_transfers(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost, fwd_id: dict[tuple[int, int], int],
-                   bwd_id: dict[tuple[int, int], int], microbatches: int) -> None:
-    """Activations forward and gradients backward between consecutive stages, and the passes that wait for
-    them. A boundary on a shared medium queues on that medium; otherwise each direction is its own channel."""
-    S, M = len(pipe.stages), microbatches
-    send_f: dict[tuple[int, int], int] = {}
-    send_b: dict[tuple[int, int], int] = {}
-    for s in range(S - 1):
-        a, b = pipe.stages[s], pipe.stages[s + 1]
-        medium = pc.comm_media[s]
-        for i in range(M):
-            send_f[(s, i)] = it.add(_Op("send", medium or ("link", p, s, "fwd"), pc.fwd_comm[s], [fwd_id[(s, i)]],
-                                        p, s, i, senders=a.devices, receivers=b.devices))
-            send_b[(s + 1, i)] = it.add(_Op("send", medium or ("link", p, s, "bwd"), pc.bwd_comm[s],
-                                            [bwd_id[(s + 1, i)]], p, s + 1, i, senders=b.devices,
-                                            receivers=a.devices))
-    ops = it.ops
-    for s in range(S):
-        for i in range(M):
-            if s > 0:
-                ops[fwd_id[(s, i)]].deps.append(send_f[(s - 1, i)])
-            if s < S - 1:
-                ops[bwd_id[(s, i)]].deps.append(send_b[(s + 1, i)])
-            else:  # the last stage turns its own forward around
-                ops[bwd_id[(s, i)]].deps.append(fwd_id[(s, i)])
+def _add_transfers(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost,
+                   passes: dict[tuple[int, str, int], int]) -> None:
+    """One transfer per send in the stages' action lists (activations forward, gradients backward), and each
+    receiving pass waits for its transfer; a backward that receives nothing (the last stage's) waits for its
+    own forward. A boundary on a shared medium queues on that medium; otherwise each direction is its own
+    channel. Transfers are created boundary by boundary, micro-batch by micro-batch, forward first."""
+    sends = [(s, a) for s in range(len(pipe.stages)) for a in it.actions[(p, s)] if a.send_to is not None]
+    sends.sort(key=lambda x: (min(x[0], x[1].send_to), x[1].microbatch, x[1].kind != "fwd"))
+    transfer: dict[tuple[int, int, str, int], int] = {}  # (from, to, kind, micro-batch) -> the transfer
+    for s, a in sends:
+        boundary = min(s, a.send_to)
+        seconds = (pc.fwd_comm if a.kind == "fwd" else pc.bwd_comm)[boundary]
+        transfer[(s, a.send_to, a.kind, a.microbatch)] = it.add(_Op(
+            "send", pc.comm_media[boundary] or ("link", p, boundary, a.kind), seconds,
+            [passes[(s, a.kind, a.microbatch)]], p, s, a.microbatch,
+            senders=pipe.stages[s].devices, receivers=pipe.stages[a.send_to].devices))
+    for s in range(len(pipe.stages)):
+        for a in it.actions[(p, s)]:
+            if a.recv_from is not None:
+                it.ops[passes[(s, a.kind, a.microbatch)]].deps.append(
+                    transfer[(a.recv_from, s, a.kind, a.microbatch)])
+            elif a.kind == "bwd":  # the last stage turns its own forward around
+                it.ops[passes[(s, "bwd", a.microbatch)]].deps.append(passes[(s, "fwd", a.microbatch)])
 
 
 def _add_stage_allreduces(it: _Iteration, p: int, pipe: PipelinePlan, pc: PipelineCost) -> list[tuple[int, int, int]]:
@@ -323,7 +299,7 @@ def _report(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelP
     reported infeasible with no throughput."""
     iteration = max(op.end for op in it.ops)
     timeline, busy = _timeline(it.ops, plan.devices)
-    memory = memory_per_device(plan, profile, cost_model, in_flight_of=lambda p, s: it.in_flight[(p, s)])
+    memory = memory_per_device(plan, profile, cost_model)
     problem = memory_problem(memory, cluster)
     per_device = _device_stats(plan, cluster, cost_model, busy, memory, iteration)
     energy = sum(s.energy_j for s in per_device.values())

@@ -11,7 +11,7 @@ from rich.console import Console
 from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
 
-_FLAGS = {"failures": "--fail", "joins": "--join"}  # ElasticRun's parameters as this command spells them
+_FLAGS = {"failures": "--fail", "joins": "--join", "recovery": "--mode"}  # library names as these commands spell them
 
 
 def parse_failure(text: str):
@@ -48,12 +48,6 @@ def parse_events(fail: list[str], join: list[str], devices) -> list:
     return events
 
 
-def _as_flag(exc: SpecError) -> SpecError:
-    """The same error, naming this command's flag where the library named its parameter."""
-    return SpecError(field=_FLAGS.get(exc.field, exc.field), value=exc.value, accepted=exc.accepted,
-                     source=exc.source, hint=exc.hint)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("train-elastic")
     def train_elastic(
@@ -80,12 +74,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train for real (local processes or the testbed) while devices fail and join; report recovery times."""
-        from edgepool.cli.runtime import _overrides
+        from edgepool.cli.runtime import _overrides, as_flags
         from edgepool.cluster import load_cluster
-        from edgepool.elastic.recovery import ElasticRun
+        from edgepool.elastic.recovery import ElasticRun, Supervision, Training
         from edgepool.elastic.replan import default_replan
+        from edgepool.elastic.strategy import recovery_strategy
         from edgepool.runtime.data import ModelSpec
 
+        try:
+            strategy = recovery_strategy(mode, checkpoint_every=checkpoint_every)
+        except SpecError as exc:
+            raise as_flags(exc, _FLAGS) from None
         spec = load_cluster(cluster)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
         failures = [parse_failure(f) for f in fail or []]
@@ -94,12 +93,13 @@ def register(app: typer.Typer) -> None:
         start = [d for d in spec.devices if d not in {j.device for j in joins}]
         plan = replan(start)
         try:
-            run = ElasticRun(plan, model_spec, steps, replan, mode=mode, batch=batch, seq=seq, lr=lr,
-                             failures=failures, joins=joins, checkpoint_every=checkpoint_every,
-                             heartbeat_timeout_s=heartbeat_timeout, out_dir=output,
-                             pace_s=0.2 if joins else 0.0, launcher=launcher, cluster=spec)
+            run = ElasticRun(plan, model_spec, steps, replan, strategy, failures=failures, joins=joins,
+                             training=Training(batch=batch, seq=seq, lr=lr), out_dir=output,
+                             supervision=Supervision(heartbeat_timeout_s=heartbeat_timeout,
+                                                     pace_s=0.2 if joins else 0.0),
+                             launcher=launcher, cluster=spec)
         except SpecError as exc:
-            raise _as_flag(exc) from None
+            raise as_flags(exc, _FLAGS) from None
         outcome = run.run()
         result = {"source": "measured", "mode": mode, "plans": [p.devices for p in outcome.plans],
                   "recoveries": outcome.recovery_times(), "samples": outcome.samples,
@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
         from edgepool.costmodel import CostModel
         from edgepool.elastic.replan import replanner
         from edgepool.elastic.sim_events import simulate_with_events
+        from edgepool.elastic.strategy import CheckpointRestart, PipelineReplay
         from edgepool.events import DeviceJoin
         from edgepool.models import build_model
         from edgepool.profile import profile_model
@@ -154,10 +155,10 @@ def register(app: typer.Typer) -> None:
         joining = {e.device for e in events if isinstance(e, DeviceJoin)}
         replan = replanner(planner, profile, spec, cm, batch)
         plan = replan([d for d in spec.devices if d not in joining])
-        timelines = {m: simulate_with_events(plan, spec, cm, profile, events, replan, duration, mode=m,
-                                             detection_s=detection, restart_s=restart,
-                                             checkpoint_every=checkpoint_every)
-                     for m in ("replay", "checkpoint")}
+        strategies = (PipelineReplay(), CheckpointRestart(checkpoint_every=checkpoint_every, restart_s=restart))
+        timelines = {s.name: simulate_with_events(plan, spec, cm, profile, events, replan, duration, s,
+                                                  detection_s=detection)
+                     for s in strategies}
         result = {"source": "simulated", "cluster": spec.name, "model": model,
                   **{m: t.to_dict() for m, t in timelines.items()}}
         if plot is not None:

@@ -30,9 +30,14 @@ def gather(
     from edgepool.plotting import draw_gantt
     from edgepool.runtime.gather import gather_run
 
-    from .runtime import _command, _device_table
+    from edgepool.errors import SpecError
 
-    gathered = gather_run(folders, load_cluster(cluster) if cluster else None, warmup, spec_file, _command())
+    from .runtime import _command, _device_table, gather_error
+
+    try:
+        gathered = gather_run(folders, load_cluster(cluster) if cluster else None, warmup, spec_file, _command())
+    except SpecError as exc:
+        raise gather_error(exc) from None
     report = gathered.report
     output.mkdir(parents=True, exist_ok=True)
     report.save(output / "report.json")

@@ -16,6 +16,24 @@ from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
 
+def as_flags(exc: SpecError, flags: dict[str, str], accepted: str | None = None,
+             hint: str | None = None) -> SpecError:
+    """The same error in the command line's words: `flags` maps the library's parameter names (which name no
+    flag) to the flags that set them; `accepted`/`hint` replace the library's where the command knows better."""
+    return SpecError(field=flags.get(exc.field, exc.field), value=exc.value, accepted=accepted or exc.accepted,
+                     source=exc.source, hint=hint or exc.hint)
+
+
+def gather_error(exc: SpecError) -> SpecError:
+    """`report gather`'s error: the worker spec is the plan-run.json that `train --print-launch` wrote."""
+    from edgepool.runtime.gather import WorkerSpecNotFound
+
+    if isinstance(exc, WorkerSpecNotFound):
+        return as_flags(exc, {"spec_file": "--spec"},
+                        accepted="the worker spec the hosts ran (plan-run.json from `edgepool train --print-launch`)",
+                        hint="pass it with --spec plan-run.json")
+    return as_flags(exc, {"spec_file": "--spec"})
+
 
 def _overrides(pairs: list[str]) -> dict:
     out = {}
@@ -112,24 +130,14 @@ def register(app: typer.Typer) -> None:
         if print_launch:
             _print_launch(spec, model_spec, planner, plan_file, batch, seq, steps, lr, output, other_cluster)
             return
-        from edgepool.plan import load_plan
-        from edgepool.runtime.experiment import Experiment
-
-        with Experiment(spec, model_spec, batch=batch, seq=seq, launcher_kind=launcher, lr=lr) as exp:
-            if plan_file is not None:
-                from edgepool.runtime.experiment import Comparison
-                plan = load_plan(plan_file, cluster=spec, num_layers=len(exp.profile), other_cluster=other_cluster)
-                comparison = Comparison(plan.planner, plan, exp.simulate(plan))
-            else:
-                comparison = exp.compare(planner)
-            if not comparison.plan.feasible:
-                raise SpecError(field="planner", value=planner, accepted="a planner that finds a feasible plan",
-                                hint=comparison.plan.infeasible_reason)
-            bar = _Bar(console, f"{comparison.planner} on {spec.name}", enabled=True)
-            try:
-                outcome = exp.run(comparison, steps, run_dir=output, progress=bar, command=_command())
-            finally:
-                bar.close()
+        try:
+            outcome, comparison = _run(spec, model_spec, planner, plan_file, other_cluster, launcher, batch, seq,
+                                       lr, steps, output, console)
+        except SpecError as exc:
+            if exc.field != "launcher":
+                raise
+            raise as_flags(exc, {"launcher": "--launcher"}, hint="for real hosts print the torchrun commands with "
+                                                                   "`edgepool train --print-launch`") from None
         report = outcome.report
         comparison.plan.save(outcome.run_dir / "plan.json")
         gantt = _gantt([comparison.simulated, report], outcome.run_dir / "gantt.png",
@@ -146,6 +154,29 @@ def register(app: typer.Typer) -> None:
                   f"loss {report.metrics['loss_per_step'][0]:.4f} -> {report.metrics['loss_per_step'][-1]:.4f}")
         out.print(f"{report.where}")
         out.print(f"report, plan and Gantt chart in {outcome.run_dir} ({gantt.name})")
+
+
+def _run(spec, model_spec, planner: str, plan_file: Path | None, other_cluster: bool, launcher: str, batch: int,
+         seq: int | None, lr: float, steps: int, output: Path | None, console: Console):
+    """`train`'s run: plan (or load `plan_file`), simulate, run for real; (outcome, comparison)."""
+    from edgepool.plan import load_plan
+    from edgepool.runtime.experiment import Comparison, Experiment
+
+    with Experiment(spec, model_spec, batch=batch, seq=seq, launcher_kind=launcher, lr=lr) as exp:
+        if plan_file is not None:
+            plan = load_plan(plan_file, cluster=spec, num_layers=len(exp.profile), other_cluster=other_cluster)
+            comparison = Comparison(plan.planner, plan, exp.simulate(plan))
+        else:
+            comparison = exp.compare(planner)
+        if not comparison.plan.feasible:
+            raise SpecError(field="planner", value=planner, accepted="a planner that finds a feasible plan",
+                            hint=comparison.plan.infeasible_reason)
+        bar = _Bar(console, f"{comparison.planner} on {spec.name}", enabled=True)
+        try:
+            outcome = exp.run(comparison, steps, run_dir=output, progress=bar, command=_command())
+        finally:
+            bar.close()
+    return outcome, comparison
 
 
 def _write_json(path: Path, data: dict) -> None:

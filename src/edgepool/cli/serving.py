@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
 
         from edgepool.serving.api import create_app
         from edgepool.serving.engine import Engine, EngineConfig
+        from edgepool.serving.policies import make_policy
         from edgepool.serving.predictor import train_predictor
-        from edgepool.serving.scheduler import make_policy
 
         torch.set_num_threads(threads)
         predictor = None
@@ -66,10 +66,10 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from edgepool.cli.tables import narrow_table
-        from edgepool.serving.predictor import train_predictor
         from edgepool.catalog import get_device
-        from edgepool.serving.scheduler import make_policy
+        from edgepool.cli.tables import narrow_table
+        from edgepool.serving.policies import make_policy
+        from edgepool.serving.predictor import train_predictor
         from edgepool.serving.simulator import RooflineStepCost, SimConfig, simulate
         from edgepool.serving.traces import generate_trace
 
@@ -83,16 +83,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         predictor, accuracy = train_predictor(workload)
-        results = {p: simulate(trace, p, config, predictor=predictor) for p in policy}
+        reports = {p: simulate(trace, p, config, predictor=predictor) for p in policy}
         if as_json:
-            typer.echo(json.dumps({"predictor_accuracy": accuracy.as_dict(), "results": results}, default=str))
+            results = {p: json.loads(report.to_json(indent=None)) for p, report in reports.items()}
+            typer.echo(json.dumps({"predictor_accuracy": accuracy.as_dict(), "results": results}))
             return
         table = narrow_table(f"simulated: {workload}, {rate} req/s {pattern}, {device}, Llama-2-7B, {kv_gib} GiB KV",
                              ["policy", "mean lat s", "p99 lat s", "TTFT s", "tok/s", "recomp", "swap", "KV util",
                               "lost"])
         columns = ["mean_latency_s", "p99_latency_s", "mean_ttft_s", "throughput_tokens_per_s",
                    "preemptions_recompute", "preemptions_swap", "kv_utilization", "requests_lost"]
-        for name, result in results.items():
-            table.add_row(name, *(f"{result[c]:.3g}" if isinstance(result[c], float) else str(result[c])
+        for name, report in reports.items():
+            figures = report.metrics
+            table.add_row(name, *(f"{figures[c]:.3g}" if isinstance(figures[c], float) else str(figures[c])
                                   for c in columns))
         Console().print(table)

@@ -1,6 +1,6 @@
 """The baseline: every worker saves its stage to disk every K iterations; on a failure every worker is
 restarted (new processes, re-planned on the survivors) from the last checkpoint all devices completed, and
-the iterations since then are computed again. `ElasticRun(mode="checkpoint")` drives it."""
+the iterations since then are computed again. The `CheckpointRestart` strategy (strategy.py) drives it."""
 from __future__ import annotations
 
 from pathlib import Path

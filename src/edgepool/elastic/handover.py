@@ -2,12 +2,16 @@
 
 Pure functions of plans (no processes, no I/O). The supervisor (`recovery.py`) publishes their answer to the
 workers of the next generation; the elastic simulation (`sim_events.py`) prices the same moves with the cost
-model. A block's state lives on the devices that served it and, as a replica, on the ring successor of each
-(`replica.py`), so a dead device's blocks come from its successor.
+model (`transfer_seconds`, over `edgepool.network`). A block's state lives on the devices that served it and,
+as a replica, on the ring successor of each (`replica.py`), so a dead device's blocks come from its successor.
 """
 from __future__ import annotations
 
+from edgepool.cluster import Cluster
+from edgepool.costmodel import CostModel
+from edgepool.network import LinkCache, transfers_time
 from edgepool.plan import Plan
+from edgepool.profile import ModelProfile
 from edgepool.runtime.layout import Layout
 
 
@@ -46,3 +50,20 @@ def block_transfers(old: Plan | None, new: Plan, sources: dict[int, str], batch:
                 continue
             moves.setdefault((sources[b], d), []).append(b)
     return [[s, d, blocks] for (s, d), blocks in sorted(moves.items())]
+
+
+def state_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostModel) -> float:
+    """Weights plus optimizer state of blocks [start, end) (the cost model's optimizer multiplier)."""
+    weights = sum(layer.param_bytes for layer in profile.layers[start:end])
+    factor = {"sgd": 1.0, "sgd-momentum": 2.0, "adam": 3.0, "adamw": 3.0}.get(getattr(cost_model, "optimizer", "sgd"), 1.0)
+    return weights * factor
+
+
+def transfer_seconds(old: Plan, new: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel,
+                     alive: list[str]) -> float:
+    """Seconds to move every block's state from its holder on `alive` to its device in `new`: the moves run in
+    parallel, priced by the one network model (a shared medium's capacity is split among them)."""
+    sources = block_sources(old, alive, old.batch)
+    moves = [(src, dst, sum(state_bytes(profile, b, b + 1, cost_model) for b in blocks))
+             for src, dst, blocks in block_transfers(old, new, sources, old.batch)]
+    return transfers_time(moves, LinkCache(cluster), one_at_a_time=False)[0]

@@ -3,15 +3,17 @@
 `ElasticRun` starts one worker process per device (`edgepool.elastic.worker`), hosts the TCPStore (it outlives
 every worker, so it is the one place that can tell survivors a peer is gone), and watches: a worker whose
 process exits with an error, or whose heartbeat is older than `heartbeat_timeout_s` (it is then fenced with
-SIGKILL, so a hung or unreachable device cannot come back half-way), is dead. Then, in `replay` mode, it
+SIGKILL, so a hung or unreachable device cannot come back half-way), is dead. What happens then is the
+run's `RecoveryStrategy` (strategy.py). With `PipelineReplay` it
 
 1. sets `abort/<g>` so that every survivor leaves its process group (no wait hangs: they poll that key),
 2. collects the survivors' reports and decides how many iterations committed (an iteration commits when every
    rank entered its commit collective; survivors report the last one they saw pass),
-3. re-plans on the survivors with the training planner (`replan(devices) -> Plan`, e.g. `replan.default_replan`),
-4. names, for every model block, who holds its state now (a survivor that served it, or the ring successor
-   that holds the dead device's replica) and which blocks move where for the new plan (`handover.py`),
-5. publishes generation g+1; the workers replay the interrupted iteration on the new plan.
+3. names, for every model block, who holds its state now (a survivor that served it, or the ring successor
+   that holds the dead device's replica);
+4. the supervisor re-plans on the survivors with the training planner (`replan(devices) -> Plan`, e.g.
+   `replan.default_replan`), works out which blocks move where for the new plan (`handover.py`),
+5. and publishes generation g+1; the workers replay the interrupted iteration on the new plan.
 
 A join is the same without a death: the new device announces itself (`join/<device>` in the store), the
 supervisor sets `join_pending/<g>`, rank 0 carries that flag through the next commit, and every worker leaves
@@ -19,7 +21,7 @@ at that iteration boundary; generation g+1 includes the new device and hands it 
 
 We do not use `torchrun`'s elastic agent here: on any membership change it restarts every worker process,
 which throws away the in-memory state that pipeline replay keeps; that is the checkpoint-restart baseline
-(`mode="checkpoint"`, which this supervisor also runs: kill everyone, re-plan, restart from the last
+(`CheckpointRestart`, which this supervisor also runs: kill everyone, re-plan, restart from the last
 checkpoint). Its building block, the c10d TCPStore, is what membership and heartbeats go through.
 
 Workers start through a launcher (`edgepool.testbed.make_launcher`): `launcher="local"` runs plain processes
@@ -34,7 +36,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,14 +46,37 @@ import torch
 import torch.distributed as dist
 
 from edgepool.elastic.checkpoint import latest_checkpoint
-from edgepool.elastic.handover import block_sources, block_transfers
+from edgepool.elastic.handover import block_transfers
 from edgepool.elastic.heartbeat import stale_devices
+from edgepool.elastic.strategy import Failure, Join, PipelineReplay, RecoveryFailed, RecoveryStrategy, Resume
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec
+from edgepool.runtime.harness import read_results, worker_argv, write_job
 
-MODES = ("replay", "checkpoint")
 LAUNCHERS = ("local", "testbed")
+WORKER = "edgepool.elastic.worker"
+
+
+@dataclass(frozen=True)
+class Training:
+    """What every worker trains with: batch and sequence length (default: the plan's), data seed, optimizer."""
+    batch: int | None = None
+    seq: int | None = None
+    data_seed: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.01
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """How the supervisor watches: a heartbeat older than `heartbeat_timeout_s` declares a device dead, the
+    workers' collectives give up after `collective_timeout_s`, the whole run after `timeout_s`, and no
+    iteration is faster than `pace_s` (a sleep, to give demos and tests time to watch)."""
+    heartbeat_timeout_s: float = 3.0
+    collective_timeout_s: float = 60.0
+    timeout_s: float = 300.0
+    pace_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,17 +126,19 @@ class ElasticOutcome:
 
 
 class ElasticRun:
-    """Run `plan` for `steps` iterations under elastic supervision, injecting `failures` and `joins`."""
+    """Run `plan` for `steps` iterations under elastic supervision, injecting `failures` and `joins`, recovering
+    with `strategy` (default `PipelineReplay()`); `env` is added to the workers' environment."""
 
     def __init__(self, plan: Plan, model: ModelSpec, steps: int, replan: Callable[[list[str]], Plan],
-                 mode: str = "replay", batch: int | None = None, seq: int | None = None, data_seed: int = 0,
-                 optimizer: str = "sgd", lr: float = 0.01, out_dir: str | Path | None = None,
-                 failures: list[FailureSpec] = (), joins: list[JoinSpec] = (), checkpoint_every: int = 5,
-                 heartbeat_timeout_s: float = 3.0, collective_timeout_s: float = 60.0, timeout_s: float = 300.0,
-                 env: dict[str, str] | None = None, progress: Callable[[int, int], None] | None = None,
-                 pace_s: float = 0.0, launcher: str = "local", cluster=None, testbed_options: dict | None = None):
-        if mode not in MODES:
-            raise SpecError(field="mode", value=mode, accepted=", ".join(MODES))
+                 strategy: RecoveryStrategy | None = None, *, failures: list[FailureSpec] = (),
+                 joins: list[JoinSpec] = (), training: Training = Training(), supervision: Supervision = Supervision(),
+                 out_dir: str | Path | None = None, env: dict[str, str] | None = None,
+                 progress: Callable[[int, int], None] | None = None, launcher: str = "local", cluster=None,
+                 testbed_options: dict | None = None):
+        strategy = strategy or PipelineReplay()
+        if not isinstance(strategy, RecoveryStrategy):
+            raise SpecError(field="strategy", value=strategy, accepted="a RecoveryStrategy",
+                            hint="map a name to one with edgepool.elastic.strategy.recovery_strategy")
         if steps < 1:
             raise SpecError(field="steps", value=steps, accepted="an integer >= 1")
         for f in failures:
@@ -127,18 +153,18 @@ class ElasticRun:
         if launcher == "testbed" and cluster is None:
             raise SpecError(field="cluster", value=None, accepted="the Cluster to emulate",
                             hint="the testbed takes CPU quotas, memory limits and link bandwidths from it")
-        if checkpoint_every < 1:
-            raise SpecError(field="checkpoint_every", value=checkpoint_every, accepted="an integer >= 1")
-        self.plan, self.model, self.steps, self.replan, self.mode = plan, model, steps, replan, mode
-        self.batch, self.seq = batch or plan.batch, seq or plan.seq
-        self.data_seed, self.optimizer, self.lr = data_seed, optimizer, lr
-        self.out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"edgepool-elastic-{mode}-"))
+        self.plan, self.model, self.steps, self.replan, self.strategy = plan, model, steps, replan, strategy
+        self.mode = strategy.name  # the workers' mode: what they keep (replicas or checkpoints)
+        self.batch, self.seq = training.batch or plan.batch, training.seq or plan.seq
+        self.data_seed, self.optimizer, self.lr = training.data_seed, training.optimizer, training.lr
+        self.out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"edgepool-elastic-{self.mode}-"))
         self.failures, self.joins = list(failures), list(joins)
-        self.checkpoint_every = checkpoint_every
-        self.heartbeat_timeout_s, self.collective_timeout_s, self.timeout_s = (heartbeat_timeout_s,
-                                                                               collective_timeout_s, timeout_s)
+        self.checkpoint_every = strategy.checkpoint_every
+        self.heartbeat_timeout_s, self.collective_timeout_s, self.timeout_s = (supervision.heartbeat_timeout_s,
+                                                                               supervision.collective_timeout_s,
+                                                                               supervision.timeout_s)
         self.env, self.progress = env or {}, progress
-        self.pace_s = pace_s  # slowest allowed iteration (a sleep), to give demos and tests time to watch
+        self.pace_s = supervision.pace_s
         self.launcher_kind, self.cluster = launcher, cluster
         # on the testbed a worker imports torch and builds its model at full speed, then applies its CPU quota
         self.testbed_options = {"cpu_quota_at_start": False, **(testbed_options or {})}
@@ -152,12 +178,10 @@ class ElasticRun:
                "collective_timeout_s": self.collective_timeout_s, "checkpoint_every": self.checkpoint_every,
                "checkpoint_dir": str(self.out / "checkpoints"), "generation": generation, "joiner": joiner,
                "pace_s": self.pace_s}
-        path = self.out / f"config-{device}-g{generation}.json"
-        path.write_text(json.dumps(cfg))
-        return path
+        return write_job(cfg, self.out, f"config-{device}-g{generation}.json")
 
     def _spawn(self, device: str, generation: int, joiner: bool = False) -> None:
-        argv = [sys.executable, "-m", "edgepool.elastic.worker", str(self._config(device, generation, joiner))]
+        argv = worker_argv(WORKER, self._config(device, generation, joiner))
         handle = self.launcher.spawn(device, argv, {"OMP_NUM_THREADS": "1", **self.env},
                                      self.out / "logs" / f"{device}-g{generation}.log")
         self.procs[device] = handle.process
@@ -257,7 +281,7 @@ class ElasticRun:
                                     "codes": {d: self.procs[d].poll() for d in dead}})
                 survivors = [d for d in members if d not in dead]
                 if not survivors:
-                    raise RuntimeError("every device failed")
+                    raise RecoveryFailed("every device failed")
                 g, plan, members = self._recover(g, plan, members, survivors, dead, joined_waiting)
                 joined_waiting = []
                 continue
@@ -289,7 +313,7 @@ class ElasticRun:
         """step -> when its last surviving completion happened (per generation, the max over members)."""
         out: dict[int, float] = {}
         for g, plan in enumerate(self.plans):
-            end = self.gen_start.get(g + 1, self.steps) if self.mode == "checkpoint" else self.steps
+            end = self.gen_start.get(g + 1, self.steps) if self.strategy.rolls_back else self.steps
             for s in range(self.gen_start.get(g, 0), min(end, self.steps)):
                 keys = [f"tdone/{g}/{s}/{d}" for d in plan.devices]
                 done = [k for k in keys if self.store.check([k])]
@@ -297,7 +321,7 @@ class ElasticRun:
                     continue
                 t = max(float(self.store.get(k)) for k in done)
                 if len(done) == len(keys) or g < len(self.plans) - 1:
-                    out[s] = t if self.mode == "checkpoint" else max(out.get(s, 0.0), t)
+                    out[s] = t if self.strategy.rolls_back else max(out.get(s, 0.0), t)
         return out
 
     def _completed_steps(self) -> int:
@@ -308,53 +332,63 @@ class ElasticRun:
             n += 1
         return n
 
-    def _next_generation(self, g: int, old: Plan, new: Plan, committed: int, alive: list[str]) -> None:
-        sources = block_sources(old, alive, self.batch)
-        transfers = block_transfers(old, new, sources, self.batch)
-        self._publish(g + 1, {"plan": new.model_dump(mode="json"), "devices": new.devices, "committed": committed,
-                              "sources": {str(b): d for b, d in sources.items()}, "transfers": transfers})
+    def _next_generation(self, g: int, old: Plan, new: Plan, resume: Resume) -> None:
+        """Publish generation g+1: the members stay and move blocks (`resume.sources`), or all restart from disk."""
         self.plans.append(new)
-        self.gen_start[g + 1] = committed
-
-    def _recover(self, g, plan, members, survivors, dead, joiners):
-        t0 = time.time()
-        if self.mode == "checkpoint":
-            for d in members:
-                self._kill(d)
-            steps_done, files = latest_checkpoint(self.out / "checkpoints", plan.devices)
-            new = self.replan(survivors)
-            self.plans.append(new)
-            self.gen_start[g + 1] = steps_done
+        self.gen_start[g + 1] = resume.committed
+        info = {"plan": new.model_dump(mode="json"), "devices": new.devices, "committed": resume.committed}
+        if resume.restarts:
             for d in new.devices:
                 self.store.delete_key(f"hb/{d}")  # the old process's last beat must not get the new one fenced
                 self._spawn(d, g + 1)
-            self._publish(g + 1, {"plan": new.model_dump(mode="json"), "devices": new.devices,
-                                  "committed": steps_done, "sources": {}, "transfers": [],
-                                  "checkpoint": {"steps": steps_done, "files": files}})
-            self.events.append({"kind": "restart", "generation": g + 1, "from_step": steps_done,
-                                "time": time.time(), "decide_s": time.time() - t0, "devices": new.devices})
-            return g + 1, new, list(new.devices)
-        self.store.set(f"abort/{g}", ",".join(dead))
-        reports = self._reports(g, survivors)
-        committed = max([r["done"] for r in reports.values()] + [self.gen_start.get(g, 0)])
+            info |= {"sources": {}, "transfers": [],
+                     "checkpoint": {"steps": resume.committed, "files": resume.checkpoint_files}}
+        else:
+            info |= {"sources": {str(b): d for b, d in resume.sources.items()},
+                     "transfers": block_transfers(old, new, resume.sources, self.batch)}
+        self._publish(g + 1, info)
+
+    def _recover(self, g, plan, members, survivors, dead, joiners):
+        t0 = time.time()
+        resume = self.strategy.on_failure(Failure(g, plan, survivors, dead, self.batch), self)
         t_plan = time.time()
         new = self.replan(survivors)
         plan_s = time.time() - t_plan
-        self._next_generation(g, plan, new, committed, survivors)
-        self.events.append({"kind": "replan", "generation": g + 1, "dead": dead, "committed": committed,
-                            "time": time.time(), "decide_s": time.time() - t0, "plan_s": plan_s,
-                            "devices": new.devices})
+        self._next_generation(g, plan, new, resume)
+        if resume.restarts:
+            self.events.append({"kind": "restart", "generation": g + 1, "from_step": resume.committed,
+                                "time": time.time(), "decide_s": time.time() - t0, "devices": new.devices})
+        else:
+            self.events.append({"kind": "replan", "generation": g + 1, "dead": dead, "committed": resume.committed,
+                                "time": time.time(), "decide_s": time.time() - t0, "plan_s": plan_s,
+                                "devices": new.devices})
         return g + 1, new, list(new.devices)
 
     def _rejoin(self, g, plan, members, joiners):
         t0 = time.time()
-        reports = self._reports(g, members)
-        committed = max(r["done"] for r in reports.values())
+        resume = self.strategy.on_join(Join(g, plan, members, joiners, self.batch), self)
         new = self.replan(members + joiners)
-        self._next_generation(g, plan, new, committed, members)
+        self._next_generation(g, plan, new, resume)
         self.events.append({"kind": "join", "generation": g + 1, "devices": new.devices, "joined": joiners,
-                            "committed": committed, "time": time.time(), "decide_s": time.time() - t0})
+                            "committed": resume.committed, "time": time.time(), "decide_s": time.time() - t0})
         return g + 1, new, list(new.devices)
+
+    # ------------------------------------------------------------------ what a recovery strategy may ask (`Workers`)
+    def abort(self, generation: int, dead: list[str]) -> None:
+        """Survivors leave the generation's process group (they poll this key) and report; they stay alive."""
+        self.store.set(f"abort/{generation}", ",".join(dead))
+
+    def stop_all(self, devices: list[str]) -> None:
+        for d in devices:
+            self._kill(d)
+
+    def committed(self, generation: int, devices: list[str]) -> int:
+        """Iterations committed, from the reports of `devices` once they left generation `generation`."""
+        reports = self._reports(generation, devices)
+        return max([r["done"] for r in reports.values()] + [self.gen_start.get(generation, 0)])
+
+    def latest_checkpoint(self, devices: list[str]) -> tuple[int, list[str]]:
+        return latest_checkpoint(self.out / "checkpoints", devices)
 
     def _reports(self, g: int, devices: list[str]) -> dict[str, dict]:
         keys = [f"report/{g}/{d}" for d in devices]
@@ -372,9 +406,9 @@ class ElasticRun:
     # ------------------------------------------------------------------ results
     def _collect(self) -> ElasticOutcome:
         final = self.plans[-1]
-        results, state = {}, {}
+        state = {}
+        results = dict(zip(final.devices, read_results(self.out, [f"result-{d}.json" for d in final.devices])))
         for d in final.devices:
-            results[d] = json.loads((self.out / f"result-{d}.json").read_text())
             state.update(torch.load(self.out / f"state-{d}.pt"))
         completions = self._completion_times()
         for ev in self.events:
@@ -398,14 +432,15 @@ class ElasticRun:
     def _sample_accounting(self) -> dict[str, int]:
         """Samples (step, row) whose gradient is in the final weights: lost and double-counted ones.
 
-        In replay mode every recorded contribution was committed, so all count; in checkpoint mode the
-        iterations after the checkpoint a restart went back to were rolled back by design and do not count."""
+        With pipeline replay every recorded contribution was committed, so all count; with a strategy that
+        `rolls_back` (checkpoint restart) the iterations after the point a restart went back to were rolled back
+        by design and do not count."""
         raw = self.store.get("rows").decode() if self.store.check(["rows"]) else ""
         seen: dict[tuple[int, int], int] = {}
         for item in filter(None, raw.split(";")):
             g, step, rows = item.split(":")
             g, step = int(g), int(step)
-            if self.mode == "checkpoint" and step >= self.gen_start.get(g + 1, self.steps):
+            if self.strategy.rolls_back and step >= self.gen_start.get(g + 1, self.steps):
                 continue
             a, b = map(int, rows.split("-"))
             for r in range(a, b):

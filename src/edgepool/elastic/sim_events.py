@@ -10,7 +10,8 @@ the current plan at the simulator's iteration time. A `DeviceFailure` at t inter
 
 while checkpoint restart costs detection + `restart_s` (processes, imports, process group) + loading the last
 checkpoint + every iteration since that checkpoint again. A `DeviceJoin` re-plans at the next iteration
-boundary and moves the joiner's blocks. Everything here is simulated (cost model), and labelled so.
+boundary and moves the joiner's blocks. The failure's cost is the recovery strategy's
+(`RecoveryStrategy.simulate_failure`, strategy.py). Everything here is simulated (cost model), and labelled so.
 
 `simulate_elastic` is the entry point: it checks the events, re-plans with the plan's own planner unless given a
 `replan`, and returns a `Report` whose `timeline` holds the run's segments as typed events (one per device and
@@ -24,8 +25,9 @@ from typing import Callable, Sequence
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
-from edgepool.elastic.handover import block_sources, block_transfers
+from edgepool.elastic.handover import transfer_seconds
 from edgepool.elastic.replan import replanner
+from edgepool.elastic.strategy import PipelineReplay, RecoveryStrategy, SimulatedFailure
 from edgepool.errors import SpecError
 from edgepool.events import DeviceFailure, DeviceJoin, Event, LinkChange, event_device
 from edgepool.plan import Plan
@@ -48,7 +50,7 @@ class Segment:
 
 @dataclass
 class EventTimeline:
-    mode: str
+    mode: str  # the recovery strategy's name
     segments: list[Segment]
     iterations: list[tuple[int, float]]  # (step, completion time)
     batch: int
@@ -81,31 +83,13 @@ class EventTimeline:
                 "iterations": self.iterations}
 
 
-def _state_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostModel) -> float:
-    """Weights plus optimizer state of blocks [start, end) (the cost model's optimizer multiplier)."""
-    weights = sum(layer.param_bytes for layer in profile.layers[start:end])
-    factor = {"sgd": 1.0, "sgd-momentum": 2.0, "adam": 3.0, "adamw": 3.0}.get(getattr(cost_model, "optimizer", "sgd"), 1.0)
-    return weights * factor
-
-
-def _transfer_s(old: Plan, new: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel,
-                alive: list[str]) -> float:
-    sources = block_sources(old, alive, old.batch)
-    total = 0.0
-    for src, dst, blocks in block_transfers(old, new, sources, old.batch):
-        nbytes = sum(_state_bytes(profile, b, b + 1, cost_model) for b in blocks)
-        total = max(total, cost_model.transfer_time(nbytes, cluster.link(src, dst)))  # moves run in parallel
-    return total
-
-
 def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
                          events: Sequence[DeviceFailure | DeviceJoin], replan: Callable[[list[str]], Plan],
-                         duration_s: float, mode: str = "replay", detection_s: float = 1.0,
-                         restart_s: float = 10.0, checkpoint_every: int = 10,
-                         disk_bandwidth: float = 100e6) -> EventTimeline:
-    """Iterations over `duration_s` seconds with the events applied; `mode` "replay" or "checkpoint"."""
-    if mode not in ("replay", "checkpoint"):
-        raise ValueError(f"mode must be replay or checkpoint, got {mode!r}")
+                         duration_s: float, strategy: RecoveryStrategy | None = None,
+                         detection_s: float = 1.0) -> EventTimeline:
+    """Iterations over `duration_s` seconds with the events applied, failures recovered by `strategy`
+    (default: pipeline replay)."""
+    strategy = strategy or PipelineReplay()
     pending = sorted(events, key=lambda e: e.at_s)
     t, step, current = 0.0, 0, plan
     segments: list[Segment] = []
@@ -124,31 +108,21 @@ def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, pr
             new = replan(alive)
             plan_s = time.perf_counter() - t0
             new_report = simulate(new, cluster, cost_model, profile)
-            if mode == "replay":
-                move_s = _transfer_s(current, new, profile, cluster, cost_model, alive)
-                redo = 1
-                cost = detection_s + plan_s + move_s
-                detail = {"detection_s": detection_s, "plan_s": plan_s, "state_transfer_s": move_s}
-            else:
-                last_ckpt = (step // checkpoint_every) * checkpoint_every
-                load_s = _state_bytes(profile, 0, len(profile), cost_model) / disk_bandwidth
-                redo = step - last_ckpt + 1
-                step = last_ckpt
-                cost = detection_s + plan_s + restart_s + load_s
-                detail = {"detection_s": detection_s, "plan_s": plan_s, "restart_s": restart_s, "load_s": load_s,
-                          "iterations_redone": redo - 1}
-            segments.append(Segment(event.at_s, event.at_s + cost, "recovery", alive, 0.0, detail))
-            t = event.at_s + cost
+            rec = strategy.simulate_failure(SimulatedFailure(step, current, new, alive, profile, cluster, cost_model,
+                                                             detection_s, plan_s))
+            step = rec.resume_step
+            segments.append(Segment(event.at_s, event.at_s + rec.cost_s, "recovery", alive, 0.0, rec.detail))
+            t = event.at_s + rec.cost_s
             current, report, seg_start = new, new_report, t
-            recoveries.append({"device": event.device, "at_s": event.at_s, "mode": mode,
-                               "regained_s": cost + redo * new_report.iteration_time_s, **detail})
+            recoveries.append({"device": event.device, "at_s": event.at_s, "mode": strategy.name,
+                               "regained_s": rec.cost_s + rec.redo * new_report.iteration_time_s, **rec.detail})
             continue
         if event is not None and isinstance(event, DeviceJoin) and event.at_s <= t:
             pending.pop(0)
             name = event_device(event)
             segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
             new = replan(current.devices + [name])
-            move_s = _transfer_s(current, new, profile, cluster, cost_model, current.devices)
+            move_s = transfer_seconds(current, new, profile, cluster, cost_model, current.devices)
             t += move_s
             current, report, seg_start = new, simulate(new, cluster, cost_model, profile), t
             recoveries.append({"device": name, "at_s": event.at_s, "mode": "join", "state_transfer_s": move_s})
@@ -157,19 +131,20 @@ def simulate_with_events(plan: Plan, cluster: Cluster, cost_model: CostModel, pr
         iterations.append((step, t))
         step += 1
     segments.append(Segment(seg_start, t, "train", current.devices, report.throughput))
-    return EventTimeline(mode, segments, iterations, plan.batch, recoveries)
+    return EventTimeline(strategy.name, segments, iterations, plan.batch, recoveries)
 
 
 def simulate_elastic(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelProfile,
                      events: Sequence[Event], *, replan: Callable[[list[str]], Plan] | None = None,
-                     duration_s: float | None = None, recovery: str = "replay", **recovery_options) -> Report:
+                     duration_s: float | None = None, recovery: RecoveryStrategy | None = None,
+                     detection_s: float = 1.0) -> Report:
     """The pool over time with device failures and joins: a `Report` with source="simulated".
 
     Replays `plan` as `simulate_with_events` models it: detection, re-planning with `replan(devices)` (default:
-    the plan's own planner), state transfer and `recovery` ("replay": pipeline replay from in-memory replicas;
-    "checkpoint": restart from the last checkpoint), for `duration_s` seconds (default: the last event plus as
-    long again, at least 20 iterations). `recovery_options` go to it (detection_s, restart_s, checkpoint_every,
-    disk_bandwidth). The report's throughput is the average over the run, its `timeline` the segments (typed
+    the plan's own planner), state transfer and the `recovery` strategy (default `PipelineReplay()`: pipeline
+    replay from in-memory replicas; `CheckpointRestart(...)`: restart from the last checkpoint), for `duration_s`
+    seconds (default: the last event plus as long again, at least 20 iterations); a failure is noticed after
+    `detection_s`. The report's throughput is the average over the run, its `timeline` the segments (typed
     events, kind "train" or "recovery", per device), and `metrics["events"]` the same timeline as data:
     segments, recoveries and every iteration's completion time. An infeasible plan's one-iteration report is
     returned as it is.
@@ -183,15 +158,16 @@ def simulate_elastic(plan: Plan, cluster: Cluster, cost_model: CostModel, profil
     if duration_s is None:
         last = max((e.at_s for e in events), default=0.0)
         duration_s = last + max(last, 20 * base.iteration_time_s)
-    timeline = simulate_with_events(plan, cluster, cost_model, profile, events, replan, duration_s,
-                                    mode=recovery, **recovery_options)
+    recovery = recovery or PipelineReplay()
+    timeline = simulate_with_events(plan, cluster, cost_model, profile, events, replan, duration_s, recovery,
+                                    detection_s)
     done = len(timeline.iterations)
     end = max([duration_s] + [t for _, t in timeline.iterations])
     trains = [seg for seg in timeline.segments if seg.kind == "train"]
     metrics = {**base.metrics, "events": timeline.to_dict(), "duration_s": end, "iterations": done,
                "throughput_before": trains[0].throughput, "throughput_after": trains[-1].throughput}
     where = (f"{describe_simulator(cost_model)}; {end:.4g} s with {len(events)} device event(s) and "
-             f"{recovery} recovery (edgepool.elastic.sim_events)")
+             f"{recovery.name} recovery (edgepool.elastic.sim_events)")
     return base.model_copy(update={"where": where, "throughput": done * plan.batch / end,
                                    "iteration_time_s": end / done if done else None,
                                    "timeline": timeline.timeline_events(), "metrics": metrics})

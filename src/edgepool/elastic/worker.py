@@ -39,6 +39,7 @@ from edgepool.elastic.heartbeat import AbortableWait, AbortWatcher, Heartbeat, P
 from edgepool.elastic.replica import BlockState, ModelIndex, Replica, capture, recv_object, restore, to_bytes
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec, build_bundle
+from edgepool.runtime.harness import read_job
 from edgepool.runtime.worker import StageWorker, WorkerSpec
 from edgepool.testbed.worker import apply_cpu_quota
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(1)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a worker is
-    cfg = json.loads(Path(argv[0]).read_text())
+    cfg = read_job(argv[0])
     try:
         agent = ElasticAgent(cfg)  # imports and the model build ran at full speed; on the testbed the
         apply_cpu_quota()  # device's CPU quota holds from here on (a no-op elsewhere)

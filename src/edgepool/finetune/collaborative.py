@@ -9,14 +9,14 @@ parallel: per step each device takes its slice of the global batch and the gradi
 all-reduce, so the result equals single-process PAC on the same batches (`Finetuner.run(shares=...)`).
 
 Stage boundaries come from a planner's `Plan` when one is given, else they and the data shares are
-proportional to each device's fp32 peak from `edgepool.cluster`. The processes run on this machine's CPU:
-the split is the cluster's, the speed is this machine's (no throttling here).
+proportional to each device's fp32 peak from `edgepool.cluster`. One worker per device
+(`collaborative_worker`) starts through the worker harness and a launcher: local processes run at this
+machine's speed (the split is the cluster's, no throttling); on the testbed each device runs in its cgroup
+and network namespace, with its CPU quota and shaped links.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -26,10 +26,13 @@ import torch
 import torch.distributed as dist
 
 from edgepool.errors import SpecError
-from edgepool.finetune.data import batch_schedule, pad_batch
+from edgepool.finetune.data import pad_batch
 from edgepool.finetune.methods import FinetuneConfig, Finetuner
+from edgepool.runtime.harness import WorkerJob, describe_launcher, run_workers
+from edgepool.runtime.launch import started_launcher
 
 TAG_PIPE, TAG_STATES = 1, 2
+WORKER = "edgepool.finetune.collaborative_worker"
 
 
 def proportional_split(total: int, weights: list[float], minimum: int = 1) -> list[tuple[int, int]]:
@@ -55,8 +58,11 @@ def proportional_split(total: int, weights: list[float], minimum: int = 1) -> li
 
 
 def cluster_speeds(cluster, world_size: int | None = None) -> tuple[list[str], list[float]]:
+    """The first `world_size` devices and their fp32 peaks (`costmodel.device_speed`, peak only)."""
+    from edgepool.costmodel import device_speed
+
     names = list(cluster.devices)[: world_size or len(cluster.devices)]
-    return names, [cluster.devices[n].peak("fp32") for n in names]
+    return names, [device_speed(cluster, n, peak_only=True) for n in names]
 
 
 @dataclass
@@ -90,12 +96,6 @@ class CollaborativeLayout:
         weights = [speeds[d] for d in devices] if speeds and all(d in speeds for d in devices) else [float(b - a) for a, b in stages]
         shares = [list(range(a, b)) for a, b in proportional_split(n_train, weights)]
         return cls(devices, weights, stages, shares)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fill_pipeline(tuner: Finetuner, layout: CollaborativeLayout, rank: int) -> int:
@@ -144,80 +144,50 @@ def fill_pipeline(tuner: Finetuner, layout: CollaborativeLayout, rank: int) -> i
     return cached
 
 
-def _worker(rank: int, world: int, config: FinetuneConfig, layout: CollaborativeLayout, port: int,
-            out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        tuner = Finetuner(replace(config, method="pac", threads=1))
-        if not tuner.backbone.supports_stages:
-            raise NotImplementedError(f"{config.model}: collaborative PAC needs a BERT-family encoder")
-        t0 = time.perf_counter()
-        cached = fill_pipeline(tuner, layout, rank)
-        dist.barrier()
-        fill_s = time.perf_counter() - t0
-
-        def all_reduce(grads: list[torch.Tensor]) -> None:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                offset += g.numel()
-
-        epochs = []
-        for epoch in range(1, config.epochs + 1):
-            t = time.perf_counter()
-            loss = torch.zeros(1)
-            for parts in batch_schedule(len(tuner.task.train), config.batch_size, epoch, config.seed, layout.shares):
-                loss += tuner.train_step(parts[rank], reduce_grads=all_reduce,
-                                         global_batch_size=sum(len(p) for p in parts))
-            dist.all_reduce(loss)
-            epochs.append({"epoch": epoch, "train_time_s": time.perf_counter() - t, "loss_sum": float(loss),
-                           "backbone_forward_samples": 0})
-        dist.barrier()
-        result = {"rank": rank, "device": layout.devices[rank], "stage_states": layout.stages[rank],
-                  "share_size": len(layout.shares[rank]), "cached_samples": cached, "fill_time_s": fill_s,
-                  "epochs": epochs, "cache": tuner.cache.stats().to_dict()}
-        if rank == 0:
-            result["accuracy"] = tuner.evaluate()
-            torch.save(tuner.adapters.state_dict(), Path(out_dir) / "adapters.pt")
-        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-        tuner.cache.close()
-    finally:
-        dist.destroy_process_group()
-
-
 def run_collaborative(config: FinetuneConfig, devices: list[str], speeds: list[float],
-                      out_dir: str | None = None, plan=None) -> dict:
-    """Spawn one process per device and run collaborative PAC; returns a summary (rank 0's adapters are
-    saved as `adapters.pt` in `out_dir`). With a `plan`, its stages decide the split (see `from_plan`)."""
-    import torch.multiprocessing as mp
+                      out_dir: str | None = None, plan=None, launcher="local", cluster=None,
+                      timeout_s: float = 3600.0) -> dict:
+    """Start one worker per device (`collaborative_worker`, through the worker harness) and run collaborative
+    PAC; returns a summary (rank 0's adapters are saved as `adapters.pt` in `out_dir`). With a `plan`, its
+    stages decide the split (see `from_plan`). `launcher`: "local", "testbed" (the devices of `cluster`, in
+    their cgroups and namespaces; falls back to local without root) or a started launcher."""
+    config = replace(config, method="pac").validate()
+    layout = _layout(config, devices, speeds, plan)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="edgepool-collab-"))
+    job = WorkerJob.create({"config": asdict(config), "layout": asdict(layout)}, out)
+    t0 = time.perf_counter()
+    with started_launcher(launcher, cluster) as workers:
+        ranks = run_workers(workers, WORKER, job, layout.devices, timeout_s,
+                            env={"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+        where = _where(workers)
+    wall = time.perf_counter() - t0
+    return {"method": "pac-collaborative", "layout": asdict(layout) | {"shares": [len(s) for s in layout.shares]},
+            "wall_time_s": wall, "fill_time_s": max(r["fill_time_s"] for r in ranks),
+            "epoch_times_s": [max(r["epochs"][e]["train_time_s"] for r in ranks) for e in range(config.epochs)],
+            "final_accuracy": ranks[0]["accuracy"], "ranks": ranks, "adapters_path": str(out / "adapters.pt"),
+            "where": where}
 
+
+def _layout(config: FinetuneConfig, devices: list[str], speeds: list[float], plan) -> CollaborativeLayout:
     from edgepool.finetune.backbone import load_backbone
     from edgepool.finetune.methods import load_task
 
-    config = replace(config, method="pac").validate()
     backbone = load_backbone(config.model, seed=config.seed)
     if not backbone.supports_stages:
         raise SpecError(field="model", value=config.model, accepted="a BERT-family encoder (all-minilm-l6-v2, bert-tiny)",
                         hint="collaborative PAC splits the backbone into pipeline stages")
     n_train = len(load_task(config, backbone).train)
     if plan is not None:
-        layout = CollaborativeLayout.from_plan(plan, backbone.num_states, n_train, dict(zip(devices, speeds)))
-    else:
-        layout = CollaborativeLayout.build(devices, speeds, backbone.num_states, n_train)
-    del backbone
-    out = Path(out_dir or tempfile.mkdtemp(prefix="edgepool-collab-"))
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    world = len(layout.devices)
-    mp.spawn(_worker, args=(world, config, layout, _free_port(), str(out)), nprocs=world, join=True)
-    wall = time.perf_counter() - t0
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-    return {"method": "pac-collaborative", "layout": asdict(layout) | {"shares": [len(s) for s in layout.shares]},
-            "wall_time_s": wall, "fill_time_s": max(r["fill_time_s"] for r in ranks),
-            "epoch_times_s": [max(r["epochs"][e]["train_time_s"] for r in ranks) for e in range(config.epochs)],
-            "final_accuracy": ranks[0]["accuracy"], "ranks": ranks, "adapters_path": str(out / "adapters.pt"),
-            "where": "measured: one process per device on this machine, gloo over loopback"}
+        return CollaborativeLayout.from_plan(plan, backbone.num_states, n_train, dict(zip(devices, speeds)))
+    return CollaborativeLayout.build(devices, speeds, backbone.num_states, n_train)
+
+
+def _where(launcher) -> str:
+    info = describe_launcher(launcher)
+    if info.get("launcher") == "testbed":
+        return ("measured on the emulated testbed: one process per device in its cgroup and network namespace "
+                "(CPU quota, shaped links), gloo")
+    where = "measured: one process per device on this machine, gloo over loopback"
+    if info.get("fallback_reason"):
+        where += f" (testbed unavailable: {info['fallback_reason']})"
+    return where

@@ -1,7 +1,8 @@
-"""Full fine-tuning, LoRA (peft), parallel adapters and PAC behind one training loop.
+"""The one training loop every fine-tuning method runs in: full fine-tuning, LoRA (peft), parallel adapters, PAC.
 
 Every method sees the same backbone, data, batches (same seed), head (mean pooling + linear), optimizer
-(AdamW) and epochs; they differ only in what is trained and where the backbone's states come from:
+(AdamW) and epochs; they differ only in what is trained and where the backbone's states come from, which is
+the method's `FinetuneMethod` (method.py: one class per method, registered by name):
 
 | method   | trains                         | backbone each step                        |
 | -------- | ------------------------------ | ----------------------------------------- |
@@ -27,14 +28,12 @@ from torch import nn
 
 from edgepool.errors import SpecError
 from edgepool.finetune.activation_cache import DTYPES, ActivationCache, cache_fingerprint
-from edgepool.finetune.adapters import ClassifierHead, ParallelAdapters
 from edgepool.finetune.backbone import MODEL_NAMES, Backbone, load_backbone
 from edgepool.finetune.data import (DATASETS, EncodedSplit, EncodedTask, batch_schedule, encode_task,
                                     load_tweet_sentiment, pad_batch, synthetic_token_task)
+from edgepool.finetune.method import finetune_method, method_names
 
-METHODS = ("pac", "lora", "full", "adapters")
 CACHE_FILLS = ("sorted", "inline")
-DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "adapters": 3e-3, "pac": 3e-3}
 MB = 1 << 20
 
 
@@ -61,7 +60,7 @@ class FinetuneConfig:
     threads: int | None = None
 
     def validate(self) -> "FinetuneConfig":
-        checks = [("method", self.method, self.method in METHODS, ", ".join(METHODS)),
+        checks = [("method", self.method, self.method in method_names(), ", ".join(method_names())),
                   ("model", self.model, self.model in MODEL_NAMES, ", ".join(MODEL_NAMES)),
                   ("dataset", self.dataset, self.dataset in DATASETS, ", ".join(DATASETS)),
                   ("epochs", self.epochs, self.epochs >= 1, "an integer >= 1"),
@@ -80,7 +79,7 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return self.lr if self.lr is not None else finetune_method(self.method).default_lr
 
 
 @dataclass
@@ -172,7 +171,8 @@ def load_task(config: FinetuneConfig, backbone: Backbone) -> EncodedTask:
 
 
 class Finetuner:
-    """One method's model, optimizer and (for PAC) activation cache; steps, evaluation and a whole run."""
+    """One method's model, optimizer and (for PAC) activation cache; steps, evaluation and a whole run.
+    `config.method` names the `FinetuneMethod` (mapped to its class here, once)."""
 
     def __init__(self, config: FinetuneConfig, backbone: Backbone | None = None, task: EncodedTask | None = None,
                  cache: ActivationCache | None = None):
@@ -183,29 +183,12 @@ class Finetuner:
         self.backbone.freeze()
         self.task = task or load_task(config, self.backbone)
         torch.manual_seed(config.seed)
-        self.adapters: ParallelAdapters | None = None
-        self.head: ClassifierHead | None = None
-        method = config.method
-        if method in ("adapters", "pac"):
-            self.adapters = ParallelAdapters(self.backbone.hidden_size, self.backbone.num_states,
-                                             self.task.num_labels, config.bottleneck)
-            trainable = list(self.adapters.parameters())
-        else:
-            self.head = ClassifierHead(self.backbone.hidden_size, self.task.num_labels)
-            if method == "lora":
-                from peft import LoraConfig, get_peft_model
-
-                conv1d = self.backbone.model.config.model_type == "gpt2"  # GPT-2 stores (in, out) weights
-                lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.0,
-                                  fan_in_fan_out=conv1d)
-                self.backbone.model = get_peft_model(self.backbone.model, lora)
-            else:
-                self.backbone.model.requires_grad_(True)
-            trainable = [p for p in self.backbone.model.parameters() if p.requires_grad] + list(self.head.parameters())
-        self.trainable = trainable
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+        self.method = finetune_method(config.method)
+        parts = self.method.prepare(self.backbone, self.task.num_labels, config)
+        self.adapters, self.head, self.trainable = parts.adapters, parts.head, parts.trainable
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.01)
         self.cache = cache
-        if method == "pac" and cache is None:
+        if self.method.caches_states and cache is None:
             self.cache = self.make_cache()
         modules = [m for m in (self.backbone.model, self.adapters, self.head) if m is not None]
         self.meter = SavedTensorMeter(modules)
@@ -260,10 +243,7 @@ class Finetuner:
 
     # ------------------------------------------------------------------ steps
     def logits(self, split: EncodedSplit, indices: list[int]) -> torch.Tensor:
-        if self.adapters is not None:
-            return self.adapters(*self.states(split, indices))
-        ids, mask = pad_batch([split.input_ids[i] for i in indices], self.task.pad_id)
-        return self.head(self.backbone.last_hidden(ids, mask), mask)
+        return self.method.logits(self, split, indices)
 
     def loss_and_backward(self, indices: list[int], global_batch_size: int) -> float:
         """Sum of this part's losses / the global batch size, so parts of one global batch add up to its mean."""
@@ -310,8 +290,7 @@ class Finetuner:
                                 model_source=self.backbone.source, data_source=self.task.source,
                                 machine=machine_description())
         result.rss_before_training_bytes = psutil.Process().memory_info().rss
-        if c.method in ("full", "lora"):
-            self.backbone.model.train(False)  # dropout off: see the module docstring
+        self.method.before_training(self)
         for epoch in range(1, c.epochs + 1):
             schedule = batch_schedule(len(self.task.train), c.batch_size, epoch, c.seed, shares)
             self.meter.peak, self.backbone_forward_samples = 0, 0

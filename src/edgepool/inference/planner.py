@@ -18,7 +18,7 @@ from __future__ import annotations
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
-from edgepool.inference.commprobe import CommCosts
+from edgepool.runtime.probes.comm import CommCosts
 from edgepool.inference.simulate import RequestShape, layer_time, simulate_inference
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.profile import ModelProfile
@@ -36,9 +36,10 @@ def _plan(name: str, profile: ModelProfile, cluster: Cluster, shape: RequestShap
                        **notes})
 
 
-def device_speeds(profile: ModelProfile, cluster: Cluster, cost: CostModel, shape: RequestShape,
-                  names: list[str] | None = None) -> dict[str, float]:
-    """1 / time of the model's transformer layers on each device (for this request): bigger is faster."""
+def layer_rates(profile: ModelProfile, cluster: Cluster, cost: CostModel, shape: RequestShape,
+                names: list[str] | None = None) -> dict[str, float]:
+    """1 / time of the model's transformer layers on each device for this request: bigger is faster. Not the
+    device's FLOP/s (`costmodel.device_speed`): memory bandwidth and KV-cache reads count too."""
     names = names or list(cluster.devices)
     out = {}
     for n in names:
@@ -134,7 +135,7 @@ def candidates(profile: ModelProfile, cluster: Cluster, shape: RequestShape, cos
                devices: list[str] | None = None) -> dict[str, Plan]:
     """Every candidate plan, by a descriptive key."""
     names = devices or list(cluster.devices)
-    speeds = device_speeds(profile, cluster, cost, shape, names)
+    speeds = layer_rates(profile, cluster, cost, shape, names)
     fastest = sorted(names, key=lambda d: -speeds[d])
     n_blocks = len(profile.layers)
     whole = (0, n_blocks)
@@ -181,7 +182,7 @@ def plan_inference(profile: ModelProfile, cluster: Cluster, shape: RequestShape 
                    comm: CommCosts | None = None) -> Plan:
     """The fastest feasible plan of `strategy` (auto: of all), with its predicted latency and the candidates'.
 
-    `comm`: the collectives' costs where the plan will run (`commprobe.probe_comm`); default `CommCosts()`.
+    `comm`: the collectives' costs where the plan will run (`runtime.probes.comm.probe_comm`); default `CommCosts()`.
     Every strategy scores its candidates with the same simulator, and `auto` ranges over all of them (even
     tensor parallelism included), so its predicted latency is never above any other strategy's."""
     if strategy not in STRATEGIES:

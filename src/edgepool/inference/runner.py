@@ -1,21 +1,21 @@
 """Runs inference plans for real: one worker process per device, started by a launcher (local or testbed).
 
-`run_job` executes a list of runs in one launch (one process group, so the model is built once per process)
-and returns what the workers measured; `measure_plan` wraps one run into a measured `Report`.
+`run_job` executes a list of runs in one launch (one process group, so the model is built once per process;
+started through the one worker harness, `edgepool.runtime.harness`) and returns what the workers measured;
+`measure_plan` wraps one run into a measured `Report`.
 """
 from __future__ import annotations
 
 import json
 import platform
-import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from edgepool.plan import Plan
 from edgepool.report import DeviceStats, Report
+from edgepool.runtime.harness import WorkerJob, describe_launcher, run_workers
 
 TASKS = ("forward", "generate", "decode")
 
@@ -56,15 +56,19 @@ def _devices_of(runs: list[RunSpec]) -> list[str]:
     return names
 
 
-def _stream(path: Path, seen: int, on_token: Callable[[dict], None] | None) -> int:
-    if on_token is None or not path.exists():
-        return seen
-    lines = path.read_text().splitlines()
-    for line in lines[seen:]:
-        if line.endswith("}"):
-            on_token(json.loads(line))
-            seen += 1
-    return seen
+class _TokenStream:
+    """Hands each token line the first device appended to its stream file to `on_token`, once."""
+
+    def __init__(self, path: Path, on_token: Callable[[dict], None]):
+        self.path, self.on_token, self.seen = path, on_token, 0
+
+    def __call__(self) -> None:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines()[self.seen:]:
+            if line.endswith("}"):
+                self.on_token(json.loads(line))
+                self.seen += 1
 
 
 def run_job(runs: list[RunSpec], launcher, devices: list[str] | None = None, threads: dict[str, int] | None = None,
@@ -76,30 +80,12 @@ def run_job(runs: list[RunSpec], launcher, devices: list[str] | None = None, thr
     first device streams it.
     """
     devices = devices or _devices_of(runs)
-    own_tmp = work_dir is None
-    tmp = Path(tempfile.mkdtemp(prefix="edgepool-infer-")) if own_tmp else Path(work_dir)
-    tmp.mkdir(parents=True, exist_ok=True)
-    job = {"devices": devices, "out_dir": str(tmp), "threads": threads or {}, "timeout_s": int(timeout_s),
-           "runs": [r.to_dict() for r in runs]}
-    job_path = tmp / "job.json"
-    job_path.write_text(json.dumps(job))
-    commands = {d: [sys.executable, "-m", "edgepool.inference.worker", str(job_path)] for d in devices}
-    stream_file = next((tmp / f"tokens-{r.name}.jsonl" for r in runs if r.task == "generate"), None)
-    handles = launcher.launch(commands, log_dir=tmp / "logs")
-    deadline = time.monotonic() + timeout_s
-    seen = 0
-    while True:
-        if stream_file is not None:
-            seen = _stream(stream_file, seen, on_token)
-        codes = [h.poll() for h in handles]
-        if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-            launcher.wait(timeout=0.01)  # raises WorkerFailed / TimeoutError and stops the others
-        if all(c == 0 for c in codes):
-            break
-        time.sleep(0.05)
-    if stream_file is not None:
-        _stream(stream_file, seen, on_token)
-    ranks = [json.loads((tmp / f"rank{i}.json").read_text()) for i in range(len(devices))]
+    folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="edgepool-infer-"))
+    job = WorkerJob.create({"devices": devices, "out_dir": str(folder), "threads": threads or {},
+                            "timeout_s": int(timeout_s), "runs": [r.to_dict() for r in runs]}, folder)
+    stream_file = next((folder / f"tokens-{r.name}.jsonl" for r in runs if r.task == "generate"), None)
+    tick = _TokenStream(stream_file, on_token) if stream_file is not None and on_token is not None else None
+    ranks = run_workers(launcher, "edgepool.inference.worker", job, devices, timeout_s, on_tick=tick)
     merged: dict = {"_ranks": ranks, "_devices": devices}
     for run in runs:
         per_rank = [r["runs"][run.name] for r in ranks]
@@ -110,11 +96,6 @@ def run_job(runs: list[RunSpec], launcher, devices: list[str] | None = None, thr
                             "cpu_s": {ranks[i]["device"]: per_rank[i].get("cpu_s") for i in range(len(ranks))
                                       if per_rank[i].get("in_plan")}}
     return merged
-
-
-def describe_launcher(launcher) -> dict:
-    describe = getattr(launcher, "describe", None)
-    return describe() if describe else {"launcher": getattr(launcher, "kind", "unknown")}
 
 
 def where_measured(launcher, command: str) -> str:

@@ -2,11 +2,13 @@
 
 Per stage, per layer: each member computes its share of the layer (roofline `CostModel.compute_time` on its
 share of the FLOPs and weights), plus the CPU work its messages cost (`CommCosts`: measured on the launcher
-by `commprobe`, in CPU seconds of the probed core, scaled to the member's speed). Communication:
+by `runtime.probes.comm`, in CPU seconds of the probed core, scaled to the member's speed). Communication:
 - `tensor` (Megatron-style): two ring all-reduces of the whole hidden state per layer, over the slowest link,
   each with the measured fixed wall time of an all-reduce among that many devices;
 - `tensor+sequence` (Galaxy): two all-gathers and two reduce-scatters per layer, sent pair-wise (see
   `collectives`): a phase lasts as long as its slowest pair transfer plus the measured fixed time of a phase.
+Transfers are priced by `edgepool.network`, as training's are: a shared medium (Wi-Fi) splits its capacity
+among the all-reduce's senders and carries all of a phase's pair transfers through it together.
   With `tiles` > 1, communication and computation overlap: a layer takes max(compute, comm) +
   min(compute, comm) / tiles; each tile costs every message again (CPU). Receives stay posted through the
   whole layer, and a process burns `CommCosts.p2p_wait_cpu_fraction` of a probed core while they are: a
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.inference.collectives import split_counts
-from edgepool.inference.commprobe import CommCosts
+from edgepool.runtime.probes.comm import CommCosts
+from edgepool.network import LinkCache, allreduce_link, transfers_time
 from edgepool.plan import Plan, StagePlan
 from edgepool.profile import ModelProfile
 from edgepool.report import DeviceStats, Report, TimelineEvent
@@ -87,17 +90,11 @@ def stage_memory(cost: CostModel, profile: ModelProfile, stage: StagePlan, num_b
     return out
 
 
-def _pair_phase(cluster: Cluster, devices: list[str], sizes: dict[tuple[str, str], float]) -> float:
-    """Time of a set of concurrent pair-wise transfers: the slowest one."""
-    slowest = 0.0
-    for (src, dst), nbytes in sizes.items():
-        slowest = max(slowest, CostModel.transfer_time(nbytes, cluster.link(src, dst)))
-    return slowest
-
-
-def _slowest_link(cluster: Cluster, devices: list[str]):
-    links = [cluster.link(a, b) for a in devices for b in devices if a != b]
-    return min(links, key=lambda l: l.bandwidth)
+def _pair_phase(links: LinkCache, sizes: dict[tuple[str, str], float]) -> float:
+    """Time of a set of pair-wise transfers posted at once (`network.transfers_time`: the slowest pair, or a
+    shared medium carrying them all)."""
+    return transfers_time([(src, dst, nbytes) for (src, dst), nbytes in sizes.items()], links,
+                          one_at_a_time=False)[0]
 
 
 def _cpu_scale(cost: CostModel, comm: CommCosts, device) -> float:
@@ -108,6 +105,7 @@ def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cl
                 shape: RequestShape, tiles: int, comm: CommCosts | None = None) -> dict[str, float]:
     """compute_s, comm_s and total_s of one stage (without the hand-off from the previous stage)."""
     comm = comm or CommCosts()
+    links = LinkCache(cluster)
     stage = plan.stages[stage_index]
     devices = [cluster.devices[d] for d in stage.devices]
     num_blocks = len(profile.layers)
@@ -125,8 +123,7 @@ def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cl
         rows = dict(zip(stage.devices, split_counts(shape.seq, list(stage.shares))))
         gather = {(a, b): rows[a] * rb for a in stage.devices for b in stage.devices if a != b and rows[a]}
         scatter = {(a, b): rows[b] * rb for a in stage.devices for b in stage.devices if a != b and rows[b]}
-        per_layer_comm = 2 * (_pair_phase(cluster, stage.devices, gather) + _pair_phase(cluster, stage.devices, scatter)
-                              + 2 * comm.p2p_phase_s)
+        per_layer_comm = 2 * (_pair_phase(links, gather) + _pair_phase(links, scatter) + 2 * comm.p2p_phase_s)
         for i, d in enumerate(stage.devices):
             messages = 2 * 4 * tiles * (n - 1)  # (all-gather + reduce-scatter) x (send + receive), twice a layer
             moved = 2 * 2 * ((n - 1) * rows[d] + (shape.seq - rows[d])) * rb
@@ -135,7 +132,7 @@ def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cl
     elif parallel == "tensor":
         nbytes = shape.seq * rb
         cpu = 2 * nbytes * comm.allreduce_cpu_per_byte_s  # two all-reduces a layer
-        per_layer_comm = 2 * (CostModel.allreduce_time(nbytes, n, _slowest_link(cluster, stage.devices))
+        per_layer_comm = 2 * (CostModel.allreduce_time(nbytes, n, allreduce_link(stage.devices, links)[0])
                               + comm.allreduce_fixed_s(n))
         overhead = [cpu * sc for sc in scales]
     else:
@@ -155,12 +152,11 @@ def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cl
     if parallel == "tensor+sequence":  # rows in from the leader (unless embedded here) and back to it
         sizes = {(stage.devices[0], d): r * rb for d, r in zip(stage.devices, split_counts(shape.seq, list(stage.shares)))
                  if d != stage.devices[0] and r}
-        hand = _pair_phase(cluster, stage.devices, sizes) + comm.hop_s
+        hand = _pair_phase(links, sizes) + comm.hop_s
         comm_total += hand * (1 if lo == 0 else 2)
         total += hand * (1 if lo == 0 else 2)
     elif parallel == "tensor" and lo > 0:
-        hand = max(CostModel.transfer_time(shape.seq * rb, cluster.link(stage.devices[0], d))
-                   for d in stage.devices[1:]) + comm.hop_s
+        hand = _pair_phase(links, {(stage.devices[0], d): shape.seq * rb for d in stage.devices[1:]}) + comm.hop_s
         comm_total += hand
         total += hand
     return {"compute_s": compute + extra, "comm_s": comm_total, "total_s": total + extra}
@@ -183,14 +179,14 @@ def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost
         return Report(source="simulated", where=where, planner=plan.planner, model=plan.model, cluster=plan.cluster,
                       feasible=False, infeasible_reason=plan.infeasible_reason)
     rb = row_bytes(profile, shape.batch)
+    links = LinkCache(cluster)
     clock = 0.0
     timeline: list[TimelineEvent] = []
     per_device: dict[str, DeviceStats] = {}
     stages_out = []
     for s, stage in enumerate(plan.stages):
         if s > 0:
-            hop = CostModel.transfer_time(shape.seq * rb, cluster.link(plan.stages[s - 1].devices[0],
-                                                                       stage.devices[0])) + comm.hop_s
+            hop = _pair_phase(links, {(plan.stages[s - 1].devices[0], stage.devices[0]): shape.seq * rb}) + comm.hop_s
             timeline.append(TimelineEvent(device=stage.devices[0], kind="recv", start=clock, end=clock + hop, stage=s))
             clock += hop
         times = stage_times(plan, s, profile, cluster, cost, shape, tiles, comm)

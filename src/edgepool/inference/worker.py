@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from edgepool.atomic import write_text_atomic
 from edgepool.inference.executor import InferenceProgram
 from edgepool.inference.sharded_generation import generate, reference_greedy
 from edgepool.models import build_model
 from edgepool.plan import Plan
+from edgepool.runtime.harness import read_job, write_result
 from edgepool.runtime.netif import choose_gloo_interface
 
 
@@ -91,7 +91,7 @@ def run_generate(program: InferenceProgram, bundle, spec: dict, out_dir: Path) -
 
 
 def main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
+    job = read_job(job_path)
     device = os.environ.get("EDGEPOOL_DEVICE", job["devices"][0])
     torch.set_num_threads(int(job.get("threads", {}).get(device, 1)))
     choose_gloo_interface()  # on a real host: the interface that routes to MASTER_ADDR, not loopback
@@ -145,7 +145,7 @@ def _run_job(job: dict, device: str) -> None:
         results["runs"][spec["name"]] = result
         del program
         _barrier()
-    write_text_atomic(out_dir / f"rank{rank}.json", json.dumps(results))
+    write_result(out_dir, rank, results)
 
 
 if __name__ == "__main__":

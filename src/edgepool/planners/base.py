@@ -13,8 +13,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
+from edgepool.network import LinkCache
 from edgepool.plan import PipelinePlan, Plan, StagePlan
-from edgepool.planners.costing import Estimate, LinkCache, estimate
+from edgepool.planners.costing import Estimate, estimate
 from edgepool.profile import ModelProfile
 
 OBJECTIVES = ("throughput",)
@@ -87,11 +88,6 @@ def microbatch_candidates(batch: int, constraints: dict, limit: int = 64) -> lis
         powers = [m for m in divisors if m & (m - 1) == 0]
         divisors = sorted(set(powers + [divisors[-1]]))
     return divisors
-
-
-def effective_speed(cluster: Cluster, cost_model: CostModel, name: str) -> float:
-    device = cluster.devices[name]
-    return cost_model.effective_flops(device, mode=device.mode(cluster.power_modes.get(name)))
 
 
 def make_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model: CostModel, batch: int,

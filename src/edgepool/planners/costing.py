@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgepool.cluster import Cluster, Link
+from edgepool.cluster import Cluster
 from edgepool.costmodel import OPTIMIZER_STATE, PRECISION_BYTES, CostModel
+from edgepool.network import LinkCache, allreduce_link, transfers_time
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 from edgepool.profile import ModelProfile
+from edgepool.schedule import get_schedule, stage_in_flight
 
 # Adam-like update: about 10 FLOPs per parameter (moments, bias correction, update).
 OPTIMIZER_FLOPS_PER_PARAM = 10.0
@@ -30,22 +32,6 @@ def byte_scale(cost_model: CostModel) -> float:
 def device_mode(cluster: Cluster, name: str):
     """The power mode the cluster spec sets for a device (None: the device's maximum)."""
     return cluster.devices[name].mode(cluster.power_modes.get(name))
-
-
-class LinkCache:
-    """`cluster.link` memoized: routes without a direct edge cost a shortest-path search each time."""
-
-    def __init__(self, cluster: Cluster):
-        self.cluster, self._cache = cluster, {}
-
-    def __call__(self, a: str, b: str) -> Link:
-        key = (a, b) if a <= b else (b, a)
-        if key not in self._cache:
-            self._cache[key] = self.cluster.link(a, b)
-        return self._cache[key]
-
-    def capacity(self, link: Link) -> float | None:
-        return self.cluster.medium_capacity(link.medium)
 
 
 def microbatch_size(plan: Plan, pipe: PipelinePlan) -> float:
@@ -140,27 +126,13 @@ def stage_op_times(profile: ModelProfile, cost_model: CostModel, cluster: Cluste
     return StageOps(fwd, bwd, opt, ar, medium, nbytes)
 
 
-def slowest_link(devices: list[str], links: LinkCache) -> Link | None:
-    worst = None
-    for i, a in enumerate(devices):
-        for b in devices[i + 1:]:
-            link = links(a, b)
-            if worst is None or link.bandwidth < worst.bandwidth or (
-                    link.bandwidth == worst.bandwidth and link.latency_s > worst.latency_s):
-                worst = link
-    return worst
-
-
 def group_allreduce(devices: list[str], nbytes: float, links: LinkCache) -> tuple[float, str | None]:
     """Ring all-reduce over the group's slowest link; on a shared medium all n senders split its capacity."""
     n = len(devices)
     if n <= 1 or nbytes <= 0:
         return 0.0, None
-    link = slowest_link(devices, links)
-    capacity = links.capacity(link)
-    if capacity is not None:
-        link = Link(min(link.bandwidth, capacity / n), link.latency_s, link.medium)
-    return CostModel.allreduce_time(nbytes, n, link), (link.medium if capacity is not None else None)
+    link, medium = allreduce_link(devices, links)
+    return CostModel.allreduce_time(nbytes, n, link), medium
 
 
 def boundary_transfer(senders: list[str], send_shares: list[float], receivers: list[str], recv_shares: list[float],
@@ -184,26 +156,7 @@ def boundary_transfer(senders: list[str], send_shares: list[float], receivers: l
                 pairs.append((d, e, overlap * nbytes))
             b0 = b1
         a0 = a1
-    load: dict[str, float] = {}
-    medium_bytes: dict[str, float] = {}
-    latency = 0.0
-    for d, e, b in pairs:
-        link = links(d, e)
-        latency = max(latency, link.latency_s)
-        t = b / link.bandwidth
-        load[d] = load.get(d, 0.0) + t
-        load[e] = load.get(e, 0.0) + t
-        if links.capacity(link) is not None:
-            medium_bytes[link.medium] = medium_bytes.get(link.medium, 0.0) + b
-    duration = max(load.values()) if load else 0.0
-    medium = None
-    for name, b in medium_bytes.items():
-        t = b / links.cluster.media[name]
-        if t >= duration:
-            duration, medium = t, name
-    if medium is None and medium_bytes:
-        medium = max(medium_bytes, key=medium_bytes.get)
-    return latency + duration, medium
+    return transfers_time(pairs, links)
 
 
 @dataclass
@@ -247,20 +200,9 @@ def cross_pipeline_allreduce(plan: Plan, profile: ModelProfile, cost_model: Cost
     if n <= 1:
         return 0.0
     leaders = [p.stages[0].devices[0] for p in plan.pipelines]
-    link = slowest_link(leaders, links)
-    capacity = links.capacity(link)
-    if capacity is not None:
-        link = Link(min(link.bandwidth, capacity / n), link.latency_s, link.medium)
+    link, _ = allreduce_link(leaders, links)
     return CostModel.allreduce_time(gradient_bytes(profile, 0, len(profile), cost_model) - synced_elsewhere, n,
                                     link)
-
-
-def in_flight(schedule: str, stage_index: int, num_stages: int, microbatches: int) -> int:
-    """Micro-batches whose activations a stage holds at its peak: 1F1B keeps (stages after it + 1),
-    GPipe keeps all of them."""
-    if schedule == "gpipe":
-        return microbatches
-    return max(1, min(num_stages - stage_index, microbatches))
 
 
 # ----------------------------------------------------------------------------- a whole plan
@@ -318,15 +260,13 @@ def pipeline_costs(plan: Plan, profile: ModelProfile, cost_model: CostModel, clu
     return out
 
 
-def memory_per_device(plan: Plan, profile: ModelProfile, cost_model: CostModel,
-                      in_flight_of=None) -> dict[str, float]:
-    """Peak training memory per device; `in_flight_of(pipeline, stage)` overrides the schedule's formula."""
+def memory_per_device(plan: Plan, profile: ModelProfile, cost_model: CostModel) -> dict[str, float]:
+    """Peak training memory per device, with the micro-batches in flight of the schedule's action lists."""
     memory = {}
-    for p, pipe in enumerate(plan.pipelines):
+    for pipe in plan.pipelines:
         mb = microbatch_size(plan, pipe)
         for s, stage in enumerate(pipe.stages):
-            k = in_flight_of(p, s) if in_flight_of else in_flight(plan.schedule, s, len(pipe.stages),
-                                                                   plan.microbatches)
+            k = stage_in_flight(plan.schedule, len(pipe.stages), s, plan.microbatches)
             for name, share in zip(stage.devices, stage.shares):
                 memory[name] = cost_model.training_memory(profile, stage.layers[0], stage.layers[1],
                                                           share * mb, in_flight=k)
@@ -343,15 +283,36 @@ def memory_problem(memory: dict[str, float], cluster: Cluster) -> str | None:
     return None
 
 
+def _pipeline_period(pc: PipelineCost, schedule: str, M: int) -> tuple[float, float]:
+    """(time from the first forward to the last backward, steady-state period tau) of one pipeline.
+
+    tau = max(F_s + B_s, Cf_b, Cb_b, load of each shared medium, and the round trip from stage s to the end
+    and back over the micro-batches s keeps in flight under the schedule's action list: s runs only that many
+    ahead). A schedule that runs in waves (`Schedule.waves`: GPipe) has a forward period and a backward one,
+    each the slowest stage, transfer or medium of its direction."""
+    F, B = [o.fwd_s for o in pc.stages], [o.bwd_s for o in pc.stages]
+    media_load: dict[str, float] = {}
+    for tf, tb, medium in zip(pc.fwd_comm, pc.bwd_comm, pc.comm_media):
+        if medium:
+            media_load[medium] = media_load.get(medium, 0.0) + tf + tb
+    if get_schedule(schedule).waves:
+        tau_f = max([*F, *pc.fwd_comm, *media_load.values()])
+        tau_b = max([*B, *pc.bwd_comm, *media_load.values()])
+        return sum(F) + sum(pc.fwd_comm) + sum(B) + sum(pc.bwd_comm) + (M - 1) * (tau_f + tau_b), tau_f + tau_b
+    tau = max([f + b for f, b in zip(F, B)] + pc.fwd_comm + pc.bwd_comm + list(media_load.values()))
+    S = len(F)
+    for s in range(S):
+        round_trip = sum(F[s:]) + sum(B[s:]) + sum(pc.fwd_comm[s:]) + sum(pc.bwd_comm[s:])
+        tau = max(tau, round_trip / stage_in_flight(schedule, S, s, M))
+    return sum(F) + sum(B) + sum(pc.fwd_comm) + sum(pc.bwd_comm) + (M - 1) * tau, tau
+
+
 def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: Cluster,
              links: LinkCache | None = None) -> Estimate:
     """Closed-form iteration time of a plan (the simulator replays the same operations as events).
 
     Per pipeline with S stages, M micro-batches, per-micro-batch stage times F_s, B_s and boundary transfers
-    Cf_b, Cb_b: the steady-state period is tau = max(F_s + B_s, Cf_b, Cb_b, load of each shared medium, and
-    under 1F1B the round trip from stage s to the end and back over the min(S - s, M) micro-batches it keeps
-    in flight);
-    1F1B takes sum(F + B) + sum(Cf + Cb) + (M - 1) tau; GPipe does the forward wave then the backward wave.
+    Cf_b, Cb_b, the pipeline takes sum(F + B) + sum(Cf + Cb) + (M - 1) tau (`_pipeline_period`).
     Stage s finishes its last backward sum_{k<s}(B_k + Cb_k) before the pipeline ends, then all-reduces
     its gradients in its group and steps its optimizer; parameters shared by several stages (a tied
     embedding and head) are all-reduced among those stages' devices once all of them are done; with several
@@ -364,26 +325,8 @@ def estimate(plan: Plan, profile: ModelProfile, cost_model: CostModel, cluster: 
     finish_of: dict[tuple[int, int], float] = {}
     single = len(plan.pipelines) == 1
     for p, pc in enumerate(costs):
-        F = [o.fwd_s for o in pc.stages]
         B = [o.bwd_s for o in pc.stages]
-        media_load: dict[str, float] = {}
-        for tf, tb, medium in zip(pc.fwd_comm, pc.bwd_comm, pc.comm_media):
-            if medium:
-                media_load[medium] = media_load.get(medium, 0.0) + tf + tb
-        if plan.schedule == "gpipe":
-            tau_f = max([*F, *pc.fwd_comm, *media_load.values()])
-            tau_b = max([*B, *pc.bwd_comm, *media_load.values()])
-            total = sum(F) + sum(pc.fwd_comm) + sum(B) + sum(pc.bwd_comm) + (M - 1) * (tau_f + tau_b)
-            tau = tau_f + tau_b
-        else:
-            tau = max([f + b for f, b in zip(F, B)] + pc.fwd_comm + pc.bwd_comm + list(media_load.values()))
-            # 1F1B lets stage s run only min(S - s, M) micro-batches ahead: a round trip from s to the last
-            # stage and back (compute and transfers) must fit in that window
-            S = len(F)
-            for s in range(S):
-                round_trip = sum(F[s:]) + sum(B[s:]) + sum(pc.fwd_comm[s:]) + sum(pc.bwd_comm[s:])
-                tau = max(tau, round_trip / min(S - s, M))
-            total = sum(F) + sum(B) + sum(pc.fwd_comm) + sum(pc.bwd_comm) + (M - 1) * tau
+        total, tau = _pipeline_period(pc, plan.schedule, M)
         bottleneck = max(bottleneck, tau)
         end = 0.0
         for s, ops in enumerate(pc.stages):

@@ -6,8 +6,8 @@ estimate (the fastest cluster alone is one of them). `hybrid` replays the same c
 """
 from __future__ import annotations
 
+from edgepool.network import LinkCache
 from edgepool.planners.base import better, check_request, infeasible_plan, register, usable_devices
-from edgepool.planners.costing import LinkCache
 from edgepool.planners.groups import close_groups, group_candidates
 from edgepool.planners.hybrid import HybridPlanner
 from edgepool.plan import Plan

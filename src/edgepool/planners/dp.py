@@ -6,9 +6,10 @@ that fit every device's memory; where even one sample per device does not fit, t
 """
 from __future__ import annotations
 
+from edgepool.network import LinkCache
 from edgepool.planners.base import (better, check_request, infeasible_plan, make_plan, microbatch_candidates,
                                     register, usable_devices)
-from edgepool.planners.costing import LinkCache, normalize_shares, proportional_shares
+from edgepool.planners.costing import normalize_shares, proportional_shares
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 
 

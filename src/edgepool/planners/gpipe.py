@@ -5,9 +5,9 @@ GPipe's schedule (all forwards, then all backwards) keeps every micro-batch's ac
 """
 from __future__ import annotations
 
+from edgepool.network import LinkCache
 from edgepool.planners.base import (better, check_request, make_plan, microbatch_candidates, register,
                                     usable_devices)
-from edgepool.planners.costing import LinkCache
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 
 

@@ -16,8 +16,9 @@ from typing import Callable
 import networkx as nx
 
 from edgepool.cluster import Cluster
+from edgepool.network import LinkCache
 from edgepool.planners.base import make_plan, microbatch_candidates
-from edgepool.planners.costing import Estimate, LinkCache
+from edgepool.planners.costing import Estimate
 from edgepool.plan import PipelinePlan, Plan
 
 # plan_group(batch, constraints) -> a one-pipeline Plan over constraints["devices"]

@@ -45,10 +45,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepool.cluster import Cluster
-from edgepool.costmodel import CostModel
-from edgepool.planners.base import (check_request, effective_speed, infeasible_plan, make_plan,
+from edgepool.costmodel import CostModel, device_speed
+from edgepool.network import LinkCache
+from edgepool.planners.base import (check_request, infeasible_plan, make_plan,
                                     microbatch_candidates, register, usable_devices)
-from edgepool.planners.costing import (LinkCache, byte_scale, device_mode, normalize_shares, optimizer_time,
+from edgepool.planners.costing import (byte_scale, device_mode, normalize_shares, optimizer_time,
                                        proportional_shares)
 from edgepool.planners.groups import close_groups, group_candidates
 from edgepool.plan import PipelinePlan, Plan, StagePlan
@@ -318,7 +319,7 @@ def _link_matrices(order: list[str], links: LinkCache):
 
 def device_orders(cluster: Cluster, cost_model: CostModel, devices: list[str]) -> list[list[str]]:
     """Fastest first; and zone by zone (zones by total speed, fastest first inside), when zones exist."""
-    speed = {d: effective_speed(cluster, cost_model, d) for d in devices}
+    speed = {d: device_speed(cluster, d, cost_model) for d in devices}
     by_speed = sorted(devices, key=lambda d: -speed[d])
     orders = [by_speed]
     zones: dict[str, list[str]] = {}

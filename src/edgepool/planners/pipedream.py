@@ -16,9 +16,11 @@ import statistics
 
 import numpy as np
 
-from edgepool.planners.base import (better, check_request, effective_speed, make_plan, microbatch_candidates,
-                                    register, usable_devices)
-from edgepool.planners.costing import LinkCache, byte_scale, device_mode, normalize_shares
+from edgepool.costmodel import device_speed
+from edgepool.network import LinkCache
+from edgepool.planners.base import (better, check_request, make_plan, microbatch_candidates, register,
+                                    usable_devices)
+from edgepool.planners.costing import byte_scale, device_mode, normalize_shares
 from edgepool.plan import PipelinePlan, Plan, StagePlan
 
 
@@ -30,7 +32,7 @@ class PipeDreamPlanner:
         devices = usable_devices(cluster, constraints)
         links = LinkCache(cluster)
         L, N = len(profile), len(devices)
-        ranked = sorted(devices, key=lambda d: effective_speed(cluster, cost_model, d))
+        ranked = sorted(devices, key=lambda d: device_speed(cluster, d, cost_model))
         ref_name = ranked[len(ranked) // 2]
         ref, mode = cluster.devices[ref_name], device_mode(cluster, ref_name)
         bandwidths = [links(a, b).bandwidth for a, b in zip(devices, devices[1:])] or [float("inf")]

@@ -10,6 +10,7 @@ _EXPORTS = {
     "ModelSpec": "edgepool.runtime.data",
     "torchrun_commands": "edgepool.runtime.launch",
     "reference_train": "edgepool.runtime.reference",
+    "RunOptions": "edgepool.runtime.runner",
     "RunOutcome": "edgepool.runtime.runner",
     "execute": "edgepool.runtime.runner",
     "run_plan": "edgepool.runtime.runner",

@@ -5,29 +5,30 @@ On the testbed each device is one worker process with one torch thread and a CPU
 speed, all scaled down together if the quotas exceed the host's cores). So an emulated device computes at
 this host's single-thread speed times its quota, its links have the spec's bandwidth (shaped with `tc`)
 but veth latency (latency is not emulated), and its memory limit is the device's memory. Without the
-testbed (local launcher) every worker shares the host's cores and loopback.
+testbed (local launcher) every worker shares the host's cores and loopback. `launcher_emulation` says which;
+`edgepool.testbed.emulated_cluster` builds the cluster from it.
 
-`calibrate_host` measures this host's single-thread matmul speed and memory bandwidth, and fits the cost
-model's efficiency and per-layer overhead (`CostModel.calibrate`, least squares) to profiles of the model
-measured at two batch sizes, so compute times come from what this machine does on these very layers, and
-the CPU a gloo message costs each end (`message_probe`).
+`calibrate_host` measures one core of this host (`testbed.host_core_device`: single-thread matmul speed and
+memory bandwidth), and fits the cost model's efficiency and per-layer overhead (`CostModel.calibrate`, least
+squares) to profiles of the model measured at two batch sizes, so compute times come from what this machine
+does on these very layers, and the CPU a gloo message costs each end (`probes.comm.measure_message_cpu_s`).
 On the testbed, what fraction of its quota each device really gets is measured too, inside its cgroup
-(`speed_probe`): small quotas and busy neighbour cores make a device slower than its quota alone says. An
+(`probes.speed`): small quotas and busy neighbour cores make a device slower than its quota alone says. An
 emulated device with `c` cores computes at `c` times the host's rate and pays `overhead / c` per layer pass.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import networkx as nx
 import torch
 
-from edgepool.cluster import Cluster, Link
+from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.device import Device
 from edgepool.profile import ModelProfile, profile_model
+from edgepool.testbed.testbed import Emulation, host_core_device
 
 VETH_LATENCY_S = 5e-5  # one hop over a veth pair and the bridge (see edgepool.testbed.shaping)
 LOOPBACK_BANDWIDTH = 2e9  # bytes/s, gloo over loopback on this kind of host (order of magnitude)
@@ -42,7 +43,12 @@ class HostCalibration:
     efficiency: float  # fitted: roofline over measured time of the model's layers
     layer_overhead_s: float  # fitted: fixed time per layer pass (Python, dispatch)
     profile: ModelProfile  # the measured profile at the larger batch (planners and simulator read it)
-    message_cpu_s: float = 0.0  # CPU seconds one gloo message costs each end (`runtime.message_probe`)
+    message_cpu_s: float = 0.0  # CPU seconds one gloo message costs each end (`runtime.probes.comm`)
+
+    def core_device(self) -> Device:
+        """One core of this host, as `testbed.emulated_cluster` scales it (efficiency: the fitted one)."""
+        return Device(name="host-1-thread", kind="cpu", peak_flops={"fp32": self.flops}, memory_bytes=2**34,
+                      memory_bandwidth=self.memory_bandwidth, cpu_cores=1, efficiency=self.efficiency)
 
     def to_dict(self) -> dict:
         return {"flops": self.flops, "memory_bandwidth": self.memory_bandwidth, "efficiency": self.efficiency,
@@ -53,26 +59,23 @@ class HostCalibration:
 
 def calibrate_host(bundle, batch: int, seq: int | None = None, repeats: int = 3,
                    optimizer: str = "sgd") -> HostCalibration:
-    """Measure with one thread, as the workers run."""
-    from edgepool.local_device import measure_matmul_flops, measure_memory_bandwidth
-    from edgepool.runtime.message_probe import measure_message_cpu_s
+    """Measure with one thread, as the workers run: one host core (`testbed.host_core_device`), then the
+    model's layers on it."""
+    from edgepool.runtime.probes.comm import measure_message_cpu_s
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         with ahead_of_other_jobs():
-            flops = measure_matmul_flops(512)
-            bandwidth = measure_memory_bandwidth(32 * 2**20)
+            host = host_core_device("host-1-thread")
+            torch.set_num_threads(1)
             small = _fastest_profile(bundle, 1, seq, repeats)
             profile = _fastest_profile(bundle, max(batch, 2), seq, repeats)
     finally:
         torch.set_num_threads(threads)
     message_cpu_s = measure_message_cpu_s(max(l.output_bytes for l in profile.layers) // profile.batch)
-    host = Device(name="host-1-thread", kind="cpu", peak_flops={"fp32": flops}, memory_bytes=2**34,
-                  memory_bandwidth=bandwidth, cpu_cores=1, efficiency=1.0)
     fitted = CostModel(optimizer=optimizer).calibrate([small, profile], host)
-    return HostCalibration(flops, bandwidth, fitted.efficiency[host.name], fitted.layer_overhead_s[host.name],
-                           profile, message_cpu_s)
+    return HostCalibration(host.peak("fp32"), host.memory_bandwidth, fitted.efficiency[host.name],
+                           fitted.layer_overhead_s[host.name], profile, message_cpu_s)
 
 
 @contextlib.contextmanager
@@ -104,36 +107,18 @@ def _fastest_profile(bundle, batch: int, seq: int | None, repeats: int, rounds: 
     return best
 
 
-def emulated_cluster(cluster: Cluster, launcher: dict, host: HostCalibration,
-                     quota_efficiency: dict[str, float] | None = None) -> Cluster:
-    """`cluster` as the launcher described in `launcher` (its `describe()`) runs it on this host;
-    `quota_efficiency` (`speed_probe.measure_quota_efficiency`) is what fraction of its quota each testbed
-    device was measured to get."""
-    testbed = launcher.get("launcher") == "testbed"
-    cores: dict[str, float] = {}
-    if testbed:
+def launcher_emulation(cluster: Cluster, launcher: dict, quota_efficiency: dict[str, float] | None = None
+                       ) -> Emulation:
+    """How the launcher described in `launcher` (its `describe()`) runs `cluster` on this host, for
+    `testbed.emulated_cluster`: on the testbed each device gets its CPU quota times the fraction of it that it
+    was measured to get (`quota_efficiency`, from `probes.speed`), shaped links and veth latency; local
+    processes share the host's cores and talk over loopback."""
+    if launcher.get("launcher") == "testbed":
         cores = {n: float(d["cpu_cores"]) * (quota_efficiency or {}).get(n, 1.0)
                  for n, d in launcher["devices"].items()}
-    else:  # unshaped local processes share the host's cores
-        share = min(1.0, (os.cpu_count() or 1) / max(len(cluster.devices), 1))
-        cores = {n: share for n in cluster.devices}
-    devices = {}
-    for name, device in cluster.devices.items():
-        c = cores.get(name, 1.0)
-        devices[name] = device.model_copy(update={
-            "peak_flops": {"fp32": host.flops * c}, "memory_bandwidth": host.memory_bandwidth * min(c, 1.0),
-            "efficiency": host.efficiency, "power_modes": [], "cpu_cores": 1,
-            "description": f"{device.name} emulated: {c:.3f} of one core of this host",
-        })
-    graph = nx.Graph()
-    graph.add_nodes_from(devices)
-    for a, b, data in cluster.graph.edges(data=True):
-        link: Link = data["link"]
-        graph.add_edge(a, b, link=Link(bandwidth=link.bandwidth if testbed else LOOPBACK_BANDWIDTH,
-                                       latency_s=VETH_LATENCY_S if testbed else 0.0,
-                                       medium=link.medium if testbed else None))
-    return replace(cluster, name=f"{cluster.name} (emulated here)", devices=devices, graph=graph,
-                   media=dict(cluster.media) if testbed else {}, power_modes={})
+        return Emulation(cores={n: cores.get(n, 1.0) for n in cluster.devices}, latency_s=VETH_LATENCY_S)
+    share = min(1.0, (os.cpu_count() or 1) / max(len(cluster.devices), 1))
+    return Emulation(cores={n: share for n in cluster.devices}, loopback_bandwidth=LOOPBACK_BANDWIDTH)
 
 
 def emulated_cost_model(emulated: Cluster, host: HostCalibration, optimizer: str = "sgd",

@@ -1,7 +1,7 @@
 """Plan, simulate and run on this host, side by side: what `edgepool train`, `edgepool demo` and the runtime
 benchmark share.
 
-The plans are made for the cluster *as emulated here* (`emulation.emulated_cluster`: this host's calibrated
+The plans are made for the cluster *as emulated here* (`testbed.emulated_cluster`: this host's calibrated
 single-thread speed times each device's CPU quota, the spec's link bandwidths), because that is the machine
 the plan really runs on; the simulator replays each plan on the same emulated cluster, so its error against
 the measured run is the cost model's error, not the gap between a Jetson and this host.
@@ -17,10 +17,12 @@ from edgepool.plan import Plan
 from edgepool.profile import check_seq
 from edgepool.report import Report
 from edgepool.runtime.data import ModelSpec, build_bundle
-from edgepool.runtime.emulation import (HostCalibration, calibrate_host, emulated_cluster, emulated_cost_model,
+from edgepool.runtime.emulation import (HostCalibration, calibrate_host, emulated_cost_model, launcher_emulation,
                                         simulator_error)
+from edgepool.runtime.harness import describe_launcher
 from edgepool.runtime.launch import make_run_launcher
-from edgepool.runtime.runner import ProgressFn, RunOutcome, execute
+from edgepool.runtime.runner import ProgressFn, RunOptions, RunOutcome, execute
+from edgepool.testbed import emulated_cluster
 
 
 @dataclass
@@ -76,11 +78,12 @@ class Experiment:
         self.host = calibrate_host(bundle, self.calibration_batch or min(self.batch, 8), self.seq,
                                    optimizer=self.optimizer)
         if self.describe_launcher().get("launcher") == "testbed":  # how fast each device is under its quota
-            from edgepool.runtime.speed_probe import measure_quota_efficiency
+            from edgepool.runtime.probes.speed import measure_quota_efficiency
 
             self.quota_efficiency = measure_quota_efficiency(self.launcher, self.model, max(1, self.batch // 4),
                                                              self.seq)
-        self.emulated = emulated_cluster(self.cluster, self.describe_launcher(), self.host, self.quota_efficiency)
+        emulation = launcher_emulation(self.cluster, self.describe_launcher(), self.quota_efficiency)
+        self.emulated = emulated_cluster(self.cluster, emulation, self.host.core_device())
         self.cost_model = emulated_cost_model(self.emulated, self.host, self.optimizer)
         return self
 
@@ -100,7 +103,7 @@ class Experiment:
         self.close()
 
     def describe_launcher(self) -> dict:
-        return self.launcher.describe() if hasattr(self.launcher, "describe") else {"launcher": self.launcher.kind}
+        return describe_launcher(self.launcher)
 
     @property
     def profile(self):
@@ -124,9 +127,10 @@ class Experiment:
 
     def run(self, comparison: Comparison, steps: int, run_dir: str | Path | None = None,
             progress: ProgressFn | None = None, command: str | None = None, warmup: int = 1) -> RunOutcome:
-        outcome = execute(comparison.plan, self.cluster, launcher=self.launcher, steps=steps, model=self.model,
-                          batch=self.batch, warmup=warmup, optimizer=self.optimizer, lr=self.lr,
-                          run_dir=run_dir, progress=progress, cost_model=self.cost_model, command=command)
+        options = RunOptions(steps=steps, model=self.model, batch=self.batch, warmup=warmup,
+                             optimizer=self.optimizer, lr=self.lr, run_dir=run_dir, progress=progress,
+                             cost_model=self.cost_model, command=command)
+        outcome = execute(comparison.plan, self.cluster, self.launcher, options)
         comparison.measured, comparison.run_dir = outcome.report, outcome.run_dir
         outcome.report.metrics["simulated_throughput"] = comparison.simulated.throughput
         outcome.report.metrics["simulator_error"] = comparison.error

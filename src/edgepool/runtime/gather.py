@@ -1,7 +1,7 @@
 """One measured Report from a run across real hosts (`edgepool report gather DIR...`).
 
-With `edgepool train --print-launch` every host runs its own worker, which writes `result-rank<N>.json` (and a
-copy of the `worker-spec.json` it ran) into that host's `edgepool-run/`. Copy those folders to one machine;
+When every host runs its own worker under `torchrun` (`launch.torchrun_commands`), the worker writes
+`result-rank<N>.json` (and a copy of the `worker-spec.json` it ran) into that host's `edgepool-run/`. Copy those folders to one machine;
 `gather_run` checks that every rank of the plan is there exactly once and from the same run, and builds the
 Report with `runner.build_report`, the same function that reports a local or testbed run.
 """
@@ -22,6 +22,16 @@ from edgepool.runtime.worker import WorkerSpec
 
 CLOCKS = ("time.time() of each worker on its own host, relative to the earliest start; hosts' clocks are not "
           "synchronized by edgepool (use NTP), so spans of different hosts may be shifted against each other")
+
+
+class WorkerSpecNotFound(SpecError):
+    """No worker spec at `path`: the file given as `spec_file` (`given`), or the copy beside the results."""
+
+    def __init__(self, path: Path, given: bool):
+        self.path, self.given = path, given
+        super().__init__(field="spec_file" if given else "worker-spec.json", value=str(path),
+                         accepted="the worker spec the hosts ran (the plan-run.json their launch commands name)",
+                         hint=None if given else "give that file as spec_file")
 
 
 @dataclass
@@ -75,13 +85,11 @@ def _load_spec(folders: list[Path], spec_file: str | Path | None) -> WorkerSpec:
     candidates = [Path(spec_file)] if spec_file else [f / "worker-spec.json" for f in folders]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise SpecError(field="--spec" if spec_file else "worker-spec.json", value=str(candidates[0]),
-                        accepted="the worker spec the hosts ran (plan-run.json from `edgepool train --print-launch`)",
-                        hint="pass it with --spec plan-run.json")
+        raise WorkerSpecNotFound(candidates[0], given=bool(spec_file))
     try:
         return WorkerSpec(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise SpecError(field="--spec", value=str(path), accepted="a worker spec JSON written by edgepool",
+        raise SpecError(field="spec_file", value=str(path), accepted="a worker spec JSON written by edgepool",
                         hint=str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 

@@ -1,14 +1,15 @@
 """How worker processes start: the local and testbed launchers (from `edgepool.testbed`), or `torchrun` per host.
 
-The worker is `python -m edgepool.runtime.worker SPEC.json` in every case; it reads the `torchrun`
+The worker is `python -m edgepool.runtime.worker SPEC.json` in every case (started through the one worker
+harness, `edgepool.runtime.harness`, under the local and testbed launchers); it reads the `torchrun`
 environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK), which the local and testbed
 launchers set the same way `torchrun` does.
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
-import sys
-from pathlib import Path
+from typing import Iterator
 
 from edgepool.cluster import Cluster
 from edgepool.errors import SpecError
@@ -18,10 +19,6 @@ LAUNCHERS = ("local", "testbed")
 DEFAULT_MASTER_PORT = 29500
 
 
-def worker_command(spec_path: str | Path, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "edgepool.runtime.worker", str(spec_path)]
-
-
 def make_run_launcher(kind: str, cluster: Cluster | None, **testbed_options):
     """A launcher for runs on `cluster`: the testbed emulates all its devices (so CPU quotas are relative to
     the cluster's fastest device whatever subset a plan uses); falls back to local without root."""
@@ -29,17 +26,28 @@ def make_run_launcher(kind: str, cluster: Cluster | None, **testbed_options):
 
     if kind not in LAUNCHERS:
         raise SpecError(field="launcher", value=kind, accepted=", ".join(LAUNCHERS),
-                        hint="for real hosts print the torchrun commands with `edgepool train --print-launch`")
+                        hint="for real hosts, start one worker per host with torchrun (`torchrun_commands`)")
     if kind == "testbed":  # imports and model building at full speed; the worker applies its quota after
         testbed_options = {"cpu_quota_at_start": False, **testbed_options}
     return make_launcher(kind, cluster, devices=None, fallback=True, **testbed_options)
+
+
+@contextlib.contextmanager
+def started_launcher(launcher, cluster: Cluster | None, **testbed_options) -> Iterator:
+    """A started launcher for the length of the block: `launcher` itself when it is one (the caller keeps it
+    up, e.g. one testbed for several runs), else one made by name (`make_run_launcher`) and torn down after."""
+    if not isinstance(launcher, str):
+        yield launcher
+        return
+    with make_run_launcher(launcher, cluster, **testbed_options) as owned:
+        yield owned
 
 
 def torchrun_commands(plan: Plan, cluster: Cluster, spec_path: str = "plan-run.json",
                       master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
     """The shell command to start on each host, in rank order (one process per device).
 
-    Every host needs edgepool installed and the same spec file (`edgepool train --print-launch` writes it);
+    Every host needs edgepool installed and the same spec file (the command line writes it next to the plan);
     the first device of the plan hosts the rendezvous.
     """
     missing = [d for d in plan.devices if d not in cluster.addresses]

@@ -7,14 +7,12 @@ figures; this machine has no energy counters) and a timeline.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +22,15 @@ from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.report import DeviceStats, Report, TimelineEvent
 from edgepool.runtime.data import ModelSpec
-from edgepool.runtime.launch import make_run_launcher, worker_command
+from edgepool.runtime.harness import WorkerJob, describe_launcher, run_workers
+from edgepool.runtime.launch import started_launcher
 from edgepool.runtime.layout import Layout
 from edgepool.runtime.worker import WorkerSpec
 
 COMPUTE_KINDS = ("fwd", "bwd", "optimizer")
+WORKER_MODULE = "edgepool.runtime.worker"
+SPEC_NAME = "worker-spec.json"  # `edgepool report gather` reads the copy each worker keeps
+RESULT_NAME = "result-rank{rank}.json"
 
 ProgressFn = Callable[[int, int], None]  # (iterations done by every rank, total)
 
@@ -44,87 +46,107 @@ class RunOutcome:
         return sorted(self.run_dir.glob("state-rank*.pt"))
 
 
-def run_plan(plan: Plan, cluster: Cluster | None = None, launcher="local", steps: int = 5, **kwargs) -> Report:
-    """Run `plan` for `steps` iterations and return the measured Report (see `execute` for options)."""
-    return execute(plan, cluster, launcher=launcher, steps=steps, **kwargs).report
+@dataclass(frozen=True)
+class RunOptions:
+    """How `execute` runs a plan, beyond the plan, the cluster and the launcher."""
+
+    # what the workers do
+    steps: int = 5
+    model: ModelSpec | str | None = None  # None: the plan's model
+    batch: int | None = None  # None: the plan's batch
+    warmup: int = 1  # iterations run but not timed
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    data_seed: int = 0
+    save_state: bool = False  # each rank saves its stage's weights (`RunOutcome.state_files`)
+    hooks: list[str] = field(default_factory=list)  # "pkg.mod:Class" iteration hooks (`runtime.worker`)
+    # how they run
+    timeout_s: float = 300.0
+    run_dir: str | Path | None = None  # None: a new temporary folder
+    env: dict[str, str] | None = None
+    testbed_options: dict = field(default_factory=dict)  # for a launcher `execute` makes by name
+    # what they report
+    progress: ProgressFn | None = None
+    cost_model: CostModel | None = None  # for the modelled energy
+    command: str | None = None  # the command line the report names (default: this process's)
 
 
-def execute(plan: Plan, cluster: Cluster | None = None, launcher="local", steps: int = 5,
-            model: ModelSpec | str | None = None, batch: int | None = None, warmup: int = 1,
-            optimizer: str = "sgd", lr: float = 0.01, data_seed: int = 0, timeout_s: float = 300.0,
-            run_dir: str | Path | None = None, save_state: bool = False, progress: ProgressFn | None = None,
-            env: dict[str, str] | None = None, cost_model: CostModel | None = None, command: str | None = None,
-            hooks: list[str] | None = None, testbed_options: dict | None = None) -> RunOutcome:
+def run_plan(plan: Plan, cluster: Cluster | None = None, launcher="local", steps: int = 5, **options) -> Report:
+    """Run `plan` for `steps` iterations and return the measured Report (`options`: `RunOptions` fields)."""
+    return execute(plan, cluster, launcher, RunOptions(steps=steps, **options)).report
+
+
+def execute(plan: Plan, cluster: Cluster | None = None, launcher="local",
+            options: RunOptions | None = None) -> RunOutcome:
     """Run `plan` for real.
 
     `launcher` is "local", "testbed" (falls back to local without root, saying so in the report) or a started
-    launcher object to reuse (several runs on one testbed). `warmup` iterations run but are not timed.
+    launcher object to reuse (several runs on one testbed).
     """
+    options = options or RunOptions()
+    model_spec, layout = _check(plan, cluster, options)
+    run_dir = _fresh_run_dir(options.run_dir)
+    spec = WorkerSpec(plan=plan.model_dump(mode="json"), model=model_spec.to_dict(), steps=options.steps,
+                      out_dir=str(run_dir.resolve()), batch=layout.batch, seq=plan.seq, data_seed=options.data_seed,
+                      optimizer=options.optimizer, lr=options.lr, timeout_s=options.timeout_s,
+                      save_state=options.save_state, hooks=list(options.hooks))
+    job = WorkerJob.create(asdict(spec), run_dir, name=SPEC_NAME)
+    tick = _ProgressTick(run_dir, len(plan.devices), options.steps, options.progress) if options.progress else None
+    with started_launcher(launcher, cluster, **options.testbed_options) as runner:
+        results = run_workers(runner, WORKER_MODULE, job, plan.devices, options.timeout_s, env=options.env,
+                              on_tick=tick, tick_s=0.2, result_name=RESULT_NAME)
+        description = describe_launcher(runner)
+    report = build_report(plan, cluster, results, layout.batch, options.warmup, description, options.cost_model,
+                          options.command or _command_line())
+    report.save(run_dir / "report.json")
+    return RunOutcome(report, results, run_dir, description)
+
+
+def _check(plan: Plan, cluster: Cluster | None, options: RunOptions) -> tuple[ModelSpec, Layout]:
+    """Reject what cannot run before any process starts; the model spec and the batch layout."""
     if plan.kind != "training":
         raise SpecError(field="plan.kind", value=plan.kind, accepted="training (inference plans run elsewhere)")
     if not plan.feasible:
         raise SpecError(field="plan.feasible", value=False, accepted="a feasible plan",
                         hint=plan.infeasible_reason)
-    if steps < 1:
-        raise SpecError(field="steps", value=steps, accepted="an integer >= 1")
+    if options.steps < 1:
+        raise SpecError(field="steps", value=options.steps, accepted="an integer >= 1")
     if cluster is not None:
         unknown = [d for d in plan.devices if d not in cluster.devices]
         if unknown:
             raise SpecError(field="plan devices", value=unknown, accepted=", ".join(cluster.devices),
                             hint="the plan was made for another cluster")
+    model = options.model
     model_spec = model if isinstance(model, ModelSpec) else ModelSpec(name=model or plan.model)
     if model_spec.name and not model_spec.factory:  # a plan file's seq against the model, before anything starts
         from edgepool.models import build_model
         from edgepool.profile import check_seq
         check_seq(build_model(model_spec.name, meta=True, **model_spec.overrides), plan.seq, field="plan.seq")
-    layout = Layout(plan, batch)  # validates batch vs micro-batches before anything starts
+    return model_spec, Layout(plan, options.batch)  # Layout validates batch vs micro-batches
+
+
+def _fresh_run_dir(run_dir: str | Path | None) -> Path:
+    """The run folder, without an earlier run's results (a re-used folder must not show them)."""
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="edgepool-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     for pattern in ("result-rank*.json", "progress-rank*", "state-rank*.pt", "error-rank*.txt", "report.json"):
-        for stale in run_dir.glob(pattern):  # a re-used folder must not show an earlier run's results
+        for stale in run_dir.glob(pattern):
             stale.unlink()
-    spec = WorkerSpec(plan=plan.model_dump(mode="json"), model=model_spec.to_dict(), steps=steps,
-                      out_dir=str(run_dir.resolve()), batch=layout.batch, seq=plan.seq, data_seed=data_seed,
-                      optimizer=optimizer, lr=lr, timeout_s=timeout_s, save_state=save_state, hooks=hooks or [])
-    spec_path = run_dir / "worker-spec.json"
-    spec.save(spec_path)
-
-    owned = isinstance(launcher, str)
-    runner = make_run_launcher(launcher, cluster, **(testbed_options or {})) if owned else launcher
-    commands = {d: worker_command(spec_path) for d in plan.devices}
-    try:
-        if owned:
-            runner.__enter__()
-        runner.launch(commands, env=env, log_dir=run_dir / "logs")
-        deadline = time.monotonic() + timeout_s
-        _follow(runner, run_dir, len(plan.devices), steps, deadline, progress)
-        runner.wait(timeout=max(deadline - time.monotonic(), 1.0))  # raises WorkerFailed / TimeoutError
-        description = runner.describe() if hasattr(runner, "describe") else {"launcher": runner.kind}
-    finally:
-        if owned:
-            runner.__exit__(None, None, None)
-    results = [json.loads((run_dir / f"result-rank{r}.json").read_text()) for r in range(len(plan.devices))]
-    report = build_report(plan, cluster, results, layout.batch, warmup, description, cost_model,
-                          command or _command_line())
-    report.save(run_dir / "report.json")
-    return RunOutcome(report, results, run_dir, description)
+    return run_dir
 
 
-def _follow(runner, run_dir: Path, world: int, steps: int, deadline: float, progress: ProgressFn | None) -> None:
-    """Poll workers and their progress files until all exit or one fails (then `wait` raises)."""
-    reported = -1
-    while time.monotonic() < deadline:
-        codes = [h.poll() for h in runner.handles]
-        if any(c not in (None, 0) for c in codes) or all(c == 0 for c in codes):
-            break
-        if progress is not None:
-            done = min(_read_progress(run_dir / f"progress-rank{r}") for r in range(world))
-            if done != reported:
-                progress(done, steps)
-                reported = done
-        time.sleep(0.2)
-    if progress is not None:
-        progress(min(_read_progress(run_dir / f"progress-rank{r}") for r in range(world)), steps)
+class _ProgressTick:
+    """Reports the iterations every rank has done (the least of their progress files) when it changes."""
+
+    def __init__(self, run_dir: Path, world: int, steps: int, progress: ProgressFn):
+        self.files = [run_dir / f"progress-rank{r}" for r in range(world)]
+        self.steps, self.progress, self.reported = steps, progress, -1
+
+    def __call__(self) -> None:
+        done = min(_read_progress(f) for f in self.files)
+        if done != self.reported:
+            self.progress(done, self.steps)
+            self.reported = done
 
 
 def _read_progress(path: Path) -> int:

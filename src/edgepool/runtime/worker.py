@@ -4,8 +4,9 @@ Run as `python -m edgepool.runtime.worker SPEC.json` under any launcher that set
 environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; `EDGEPOOL_DEVICE` optional). The loop is
 structured so later features can hook in without touching it:
 
-- `StageWorker.run_iteration(step)` is one iteration: actions from `schedule.stage_actions`, then the
-  gradient all-reduce, then the optimizer step.
+- `StageWorker.run_iteration(step)` is one iteration: the actions of `edgepool.schedule.stage_actions`
+  (each a pass with the receive before it and the send after it), then the gradient all-reduce, then the
+  optimizer step.
 - `IterationHook.before_iteration / after_iteration` run at every iteration boundary (heartbeats,
   checkpoints, re-planning); hooks are named in the spec as "module:Class".
 - `StageWorker.state_dict()` / `load_state_dict()` give the stage's weights under full-model keys
@@ -38,7 +39,7 @@ from edgepool.plan import Plan
 from edgepool.runtime.comm import GradientSync, gradient_buckets, message_tag
 from edgepool.runtime.data import ModelSpec, build_bundle, make_optimizer, step_batch
 from edgepool.runtime.layout import Layout
-from edgepool.runtime.schedule import Action, stage_actions
+from edgepool.schedule import Action, stage_actions
 
 
 @dataclass
@@ -231,10 +232,10 @@ class StageWorker:
         if r1 == r0:
             return 0.0
         g0, g1 = self.layout.global_rows(self.device, mb)
-        if self.is_first:
+        if action.recv_from is None:
             x = inputs[g0:g1]
         else:
-            x = self._receive(mb, backward=False).requires_grad_(self.in_shape[1].is_floating_point)
+            x = self._receive(action).requires_grad_(self.in_shape[1].is_floating_point)
         t = time.time()
         out = self.module(x)
         loss_value = 0.0
@@ -245,11 +246,9 @@ class StageWorker:
         else:
             saved[mb] = (x, out)
         self.recorder.add("fwd", t, time.time(), mb)
-        if not self.is_last:
-            for tr in self.layout.transfers(self.role.pipeline, self.role.stage, mb):
-                if tr.src == self.device:
-                    piece = out[tr.start - r0:tr.end - r0].detach().contiguous()
-                    self._send(piece, tr.dst, mb, backward=False)
+        if action.send_to is not None:
+            for peer, start, end in self._pieces(action.send_to, mb):
+                self._send(out[start - r0:end - r0].detach().contiguous(), peer, action)
         return loss_value
 
     def _backward(self, action: Action, saved) -> None:
@@ -258,64 +257,69 @@ class StageWorker:
             return
         x, out = saved.pop(mb)
         r0, _ = self.layout.device_rows(self.device, mb)
-        grad = None if self.is_last else self._receive(mb, backward=True)
+        grad = None if action.recv_from is None else self._receive(action)
         t = time.time()
         if not out.requires_grad:
             pass  # a first stage without parameters: nothing before it to send a gradient to
-        elif self.is_last:
+        elif grad is None:  # the last stage starts from its own loss
             out.backward()
         else:
             out.backward(grad)
         self.recorder.add("bwd", t, time.time(), mb)
-        if not self.is_first:
-            for tr in self.layout.transfers(self.role.pipeline, self.role.stage - 1, mb):
-                if tr.dst == self.device:
-                    self._send(x.grad[tr.start - r0:tr.end - r0].contiguous(), tr.src, mb, backward=True)
+        if action.send_to is not None:
+            for peer, start, end in self._pieces(action.send_to, mb):
+                self._send(x.grad[start - r0:end - r0].contiguous(), peer, action)
 
     # ------------------------------------------------------------------ point to point
     def wait_work(self, work) -> None:
         """Wait for one async message or collective; the elastic worker overrides this to abort on a peer's failure."""
         work.wait()
 
-    def _post_receives(self, actions: list[Action]) -> None:
-        """Post every receive of the iteration up front: gloo's TCP pair sends a buffer only after the peer
-        has announced the matching receive, so a receive posted when the stage gets to it puts the whole
-        transfer on the stage's critical path (measured: ~11 ms per 128 KiB message at 100 Mbps after every
-        pass of the pi)."""
-        for action in actions:
-            backward = action.kind == "bwd"
-            r0, r1 = self.layout.device_rows(self.device, action.microbatch)
-            if r1 > r0 and not (self.is_last if backward else self.is_first):
-                self._posted[(action.microbatch, backward)] = self._post_receive(action.microbatch, backward)
+    def _pieces(self, peer_stage: int, mb: int) -> list[tuple[str, int, int]]:
+        """(peer device, first row, end row) of each piece of micro-batch `mb` this device exchanges with the
+        neighbouring stage `peer_stage`, rows counted in the micro-batch, in the layout's order."""
+        sending_down = peer_stage > self.role.stage  # toward the last stage: this device is the source
+        pieces = []
+        for tr in self.layout.transfers(self.role.pipeline, min(self.role.stage, peer_stage), mb):
+            if (tr.src if sending_down else tr.dst) == self.device:
+                pieces.append((tr.dst if sending_down else tr.src, tr.start, tr.end))
+        return pieces
 
-    def _post_receive(self, mb: int, backward: bool) -> tuple[list[torch.Tensor], list]:
-        """irecvs for the rows of this device's slice of micro-batch `mb` from the neighbouring stage."""
-        if backward:
-            transfers = [t for t in self.layout.transfers(self.role.pipeline, self.role.stage, mb)
-                         if t.src == self.device]
-            peer_of, (shape, dtype) = (lambda t: t.dst), self.out_shape
-        else:
-            transfers = [t for t in self.layout.transfers(self.role.pipeline, self.role.stage - 1, mb)
-                         if t.dst == self.device]
-            peer_of, (shape, dtype) = (lambda t: t.src), self.in_shape
+    def _post_receives(self, actions: list[Action]) -> None:
+        """Post every receive of the iteration up front, in the actions' order: gloo's TCP pair sends a buffer
+        only after the peer has announced the matching receive, so a receive posted when the stage gets to it
+        puts the whole transfer on the stage's critical path (measured: ~11 ms per 128 KiB message at
+        100 Mbps after every pass of the pi)."""
+        for action in actions:
+            r0, r1 = self.layout.device_rows(self.device, action.microbatch)
+            if r1 > r0 and action.recv_from is not None:
+                self._posted[(action.microbatch, action.kind == "bwd")] = self._post_receive(action)
+
+    def _post_receive(self, action: Action) -> tuple[list[torch.Tensor], list]:
+        """irecvs for the rows of this device's slice of the action's micro-batch from the stage it receives
+        from: the stage's input before a forward, its output's gradient before a backward."""
+        backward = action.kind == "bwd"
+        shape, dtype = self.out_shape if backward else self.in_shape
         pieces, works = [], []
-        for tr in sorted(transfers, key=lambda t: t.start):
-            buf = torch.empty((tr.rows, *shape), dtype=dtype)
-            works.append(dist.irecv(buf, src=self.rank_of[peer_of(tr)], tag=message_tag(mb, backward)))
+        for peer, start, end in sorted(self._pieces(action.recv_from, action.microbatch), key=lambda p: p[1]):
+            buf = torch.empty((end - start, *shape), dtype=dtype)
+            works.append(dist.irecv(buf, src=self.rank_of[peer], tag=message_tag(action.microbatch, backward)))
             pieces.append(buf)
         return pieces, works
 
-    def _receive(self, mb: int, backward: bool) -> torch.Tensor:
-        """This device's slice of micro-batch `mb`, in row order; the span recorded is the time blocked."""
-        pieces, works = self._posted.pop((mb, backward))
+    def _receive(self, action: Action) -> torch.Tensor:
+        """This device's slice of the action's micro-batch, in row order; the span recorded is the time blocked."""
+        mb = action.microbatch
+        pieces, works = self._posted.pop((mb, action.kind == "bwd"))
         start = time.time()
         for w in works:
             self.wait_work(w)
         self.recorder.add("recv", start, time.time(), mb)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def _send(self, tensor: torch.Tensor, peer: str, mb: int, backward: bool) -> None:
-        work = dist.isend(tensor, dst=self.rank_of[peer], tag=message_tag(mb, backward))
+    def _send(self, tensor: torch.Tensor, peer: str, action: Action) -> None:
+        mb = action.microbatch
+        work = dist.isend(tensor, dst=self.rank_of[peer], tag=message_tag(mb, action.kind == "bwd"))
         self._sends.append((work, time.time(), mb, tensor))
         self.bytes_sent += tensor.numel() * tensor.element_size()
 

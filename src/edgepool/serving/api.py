@@ -181,6 +181,101 @@ def _single_prompt(prompt: str | list) -> tuple[str | list[int] | None, JSONResp
     return prompt, None
 
 
+def _checked_prompt(body: CompletionRequest, name: str) -> tuple[str | list[int] | None, JSONResponse | None]:
+    """The one prompt of a completion request, or the OpenAI-shaped error that refuses the request."""
+    if body.model is not None and body.model != name:
+        return None, _error(404, f"model = {body.model!r} is not served here; accepted: {name}",
+                            "invalid_request_error", param="model", code="model_not_found")
+    refused = unsupported_parameter(body.model_dump())
+    prompt, refused = (None, refused) if refused else _single_prompt(body.prompt)
+    if refused:
+        return None, refused
+    if isinstance(prompt, str) and not prompt:
+        return None, _error(400, "prompt is empty; accepted: a non-empty string or list of token ids",
+                            "invalid_request_error", param="prompt", code="invalid_value")
+    if isinstance(prompt, list) and not prompt:
+        return None, _error(400, "prompt is an empty list; accepted: a non-empty list of token ids",
+                            "invalid_request_error", param="prompt", code="invalid_value")
+    return prompt, None
+
+
+def _rejected(rejected: RequestRejected) -> JSONResponse:
+    """400 for a request that can never fit, 503 with Retry-After for a full queue."""
+    overloaded = rejected.status == 503
+    return _error(rejected.status, rejected.message, "server_overloaded" if overloaded else "invalid_request_error",
+                  {"Retry-After": "1"} if overloaded else None,
+                  code="server_overloaded" if overloaded else "invalid_value")
+
+
+@dataclass
+class _Completion:
+    """One admitted completion: its events arrive on `queue`; answered whole or streamed as server-sent events."""
+
+    request: Request
+    queue: asyncio.Queue
+    runner: EngineRunner
+    stop: StopStrings
+    model: str
+    created: int
+
+    def text_now(self, final: bool) -> tuple[str, bool]:
+        """The response text so far (cut at a stop string; while streaming, less a possible stop's start)."""
+        text = self.runner.engine.tokenizer.decode(self.request.output_tokens)
+        if not final and text.endswith("\ufffd"):
+            text = text.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
+        return self.stop.cut(text) if final or not self.stop else self.stop.safe(text)
+
+    def chunk(self, text: str, finish: str | None) -> str:
+        payload = {"id": self.request.request_id, "object": "text_completion", "created": self.created,
+                   "model": self.model,
+                   "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def events(self):
+        """Text as it grows, then the finish reason and [DONE] (or an error event); cancels if the client leaves."""
+        sent, finished = "", False
+        try:
+            while True:
+                event = await self.queue.get()
+                if event.kind == "token":
+                    text, _ = self.text_now(final=False)
+                    if len(text) > len(sent):
+                        yield self.chunk(text[len(sent):], None)
+                        sent = text
+                elif event.kind == "done":
+                    finished = True
+                    text, stopped = self.text_now(final=True)
+                    yield self.chunk(text[len(sent):], _finish_reason(self.request, stopped))
+                    yield "data: [DONE]\n\n"
+                    return
+                else:
+                    finished = True
+                    error = {"message": event.value, "type": "server_error", "param": None, "code": "engine_error"}
+                    yield f"data: {json.dumps({'error': error})}\n\n"
+                    return
+        finally:
+            if not finished:
+                self.runner.cancel(self.request)
+
+    async def whole(self) -> dict:
+        """The finished completion in one response (500 if the engine failed it)."""
+        while True:
+            event = await self.queue.get()
+            if event.kind == "done":
+                break
+            if event.kind == "error":
+                raise HTTPException(status_code=500, detail=str(event.value))
+        request = self.request
+        if request.state is not RequestState.FINISHED:
+            raise HTTPException(status_code=500, detail=request.error or "request did not finish")
+        text, stopped = self.text_now(final=True)
+        return {"id": request.request_id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"text": text, "index": 0, "logprobs": None,
+                             "finish_reason": _finish_reason(request, stopped)}],
+                "usage": {"prompt_tokens": request.prompt_len, "completion_tokens": request.num_generated,
+                          "total_tokens": request.prompt_len + request.num_generated}}
+
+
 def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
     name = model_name or engine.config.model
     runner = EngineRunner(engine)
@@ -218,83 +313,18 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        if body.model is not None and body.model != name:
-            return _error(404, f"model = {body.model!r} is not served here; accepted: {name}",
-                          "invalid_request_error", param="model", code="model_not_found")
-        refused = unsupported_parameter(body.model_dump())
-        prompt, refused = (None, refused) if refused else _single_prompt(body.prompt)
+        prompt, refused = _checked_prompt(body, name)
         if refused:
             return refused
-        if isinstance(prompt, str) and not prompt:
-            return _error(400, "prompt is empty; accepted: a non-empty string or list of token ids",
-                          "invalid_request_error", param="prompt", code="invalid_value")
-        if isinstance(prompt, list) and not prompt:
-            return _error(400, "prompt is an empty list; accepted: a non-empty list of token ids",
-                          "invalid_request_error", param="prompt", code="invalid_value")
         stop = StopStrings(body.stop)
         runner.start()
         try:
             request, queue = runner.submit(prompt, body.max_tokens, body.temperature, body.seed, stop)
         except RequestRejected as rejected:
-            headers = {"Retry-After": "1"} if rejected.status == 503 else None
-            kind = "server_overloaded" if rejected.status == 503 else "invalid_request_error"
-            return _error(rejected.status, rejected.message, kind, headers,
-                          code="server_overloaded" if rejected.status == 503 else "invalid_value")
-        created = int(time.time())
-
-        def text_now(final: bool) -> tuple[str, bool]:
-            """The response text so far (cut at a stop string; while streaming, less a possible stop's start)."""
-            text = engine.tokenizer.decode(request.output_tokens)
-            if not final and text.endswith("\ufffd"):
-                text = text.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
-            return stop.cut(text) if final or not stop else stop.safe(text)
-
-        def chunk(text: str, finish: str | None) -> str:
-            payload = {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
-                       "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
-            return f"data: {json.dumps(payload)}\n\n"
-
+            return _rejected(rejected)
+        completion = _Completion(request, queue, runner, stop, name, int(time.time()))
         if body.stream:
-            async def events():
-                sent, finished = "", False
-                try:
-                    while True:
-                        event = await queue.get()
-                        if event.kind == "token":
-                            text, _ = text_now(final=False)
-                            if len(text) > len(sent):
-                                yield chunk(text[len(sent):], None)
-                                sent = text
-                        elif event.kind == "done":
-                            finished = True
-                            text, stopped = text_now(final=True)
-                            yield chunk(text[len(sent):], _finish_reason(request, stopped))
-                            yield "data: [DONE]\n\n"
-                            return
-                        else:
-                            finished = True
-                            error = {"message": event.value, "type": "server_error", "param": None,
-                                     "code": "engine_error"}
-                            yield f"data: {json.dumps({'error': error})}\n\n"
-                            return
-                finally:
-                    if not finished:
-                        runner.cancel(request)
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        while True:
-            event = await queue.get()
-            if event.kind == "done":
-                break
-            if event.kind == "error":
-                raise HTTPException(status_code=500, detail=str(event.value))
-        if request.state is not RequestState.FINISHED:
-            raise HTTPException(status_code=500, detail=request.error or "request did not finish")
-        text, stopped = text_now(final=True)
-        return {"id": request.request_id, "object": "text_completion", "created": created, "model": name,
-                "choices": [{"text": text, "index": 0, "logprobs": None,
-                             "finish_reason": _finish_reason(request, stopped)}],
-                "usage": {"prompt_tokens": request.prompt_len, "completion_tokens": request.num_generated,
-                          "total_tokens": request.prompt_len + request.num_generated}}
+            return StreamingResponse(completion.events(), media_type="text/event-stream")
+        return await completion.whole()
 
     return app

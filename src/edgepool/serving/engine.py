@@ -11,6 +11,7 @@ the gathered blocks. Everything else (embeddings, RoPE, MLPs, norms, LM head) is
 """
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
 from edgepool.errors import SpecError
+from edgepool.report import Report
 from edgepool.serving.block_manager import BlockManager
-from edgepool.serving.metrics import summarize
-from edgepool.serving.request import Request, RequestState
-from edgepool.serving.scheduler import LengthEstimator, Policy, RequestRejected, Scheduler, StepPlan, make_policy
+from edgepool.serving.policies import Policy, make_policy
+from edgepool.serving.replay import Step, replay, run_step, trace_requests
+from edgepool.serving.request import Request
+from edgepool.serving.scheduler import LengthEstimator, RequestRejected, Scheduler, StepPlan
 from edgepool.serving.traces import TraceRequest
 
 ATTENTION_NAME = "edgepool_paged"
@@ -271,9 +274,8 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self, now: float = 0.0) -> tuple[StepPlan, dict[str, int], list[Request], float]:
-        """One step: returns the plan, the new token per request, the finished requests and its CPU time."""
-        plan = self.scheduler.schedule(now)
+    def execute(self, plan: StepPlan) -> tuple[dict[str, int], float]:
+        """Run a plan on the model: the new token per request and the CPU seconds it took (copies included)."""
         start = time.process_time()
         try:
             tokens = self.executor.execute(plan)
@@ -281,9 +283,11 @@ class Engine:
             for request in list(plan.batch):
                 self.scheduler.abort(request, f"engine error: {error!r}")
             raise
-        duration = time.process_time() - start
-        finished = self.scheduler.complete(plan, tokens, now + duration)
-        return plan, tokens, finished, duration
+        return tokens, time.process_time() - start
+
+    def step(self, now: float = 0.0) -> Step:
+        """One step: the plan, the new token per request, the finished requests and its CPU time."""
+        return run_step(self.scheduler, self, now)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy generation for a list of token-id prompts (all admitted at once); for tests and examples."""
@@ -294,45 +298,16 @@ class Engine:
             self.step()
         return [r.output_tokens for r in requests]
 
-    def run_trace(self, trace: list[TraceRequest], prefix: str = "t") -> dict:
+    def run_trace(self, trace: list[TraceRequest], prefix: str = "t") -> Report:
         """Replay a trace on a clock made of measured step CPU times (see docs: robust to a shared machine)."""
-        requests = []
-        for i, t in enumerate(trace):
+        def tokenize(t: TraceRequest) -> list[int]:
             tokens = self.tokenizer.encode(t.prompt)[:t.prompt_len]
-            tokens += [self.tokenizer.offset + 32] * (t.prompt_len - len(tokens))
-            requests.append(Request(request_id=f"{prefix}{i}", prompt_len=t.prompt_len,
-                                    max_new_tokens=t.max_new_tokens, stop_after=t.response_len,
-                                    arrival_time=t.arrival_s, prompt_tokens=tokens, prompt_text=t.prompt))
-        if self.policy.uses_predictor and self.scheduler.predictor is not None:
-            self.scheduler.predictor.predict(requests)
-        admitted, refused = [], 0
-        clock, i = 0.0, 0
+            return tokens + [self.tokenizer.offset + 32] * (t.prompt_len - len(tokens))
+
         wall = time.perf_counter()
-        while i < len(requests) or self.has_work():
-            while i < len(requests) and requests[i].arrival_time <= clock:
-                try:
-                    self.add(requests[i])
-                    admitted.append(requests[i])
-                except RequestRejected as rejected:
-                    requests[i].state, requests[i].error = RequestState.FAILED, rejected.message
-                    refused += 1
-                i += 1
-            if not self.has_work():
-                if i >= len(requests):
-                    break
-                clock = requests[i].arrival_time
-                continue
-            plan, _, _, duration = self.step(clock)
-            if not plan.batch and not plan.swap_out and i >= len(requests):
-                for stuck in self.scheduler.live_requests():
-                    self.scheduler.abort(stuck, "could not be scheduled: KV cache too small")
-                break
-            clock += duration
-            if not plan.batch and i < len(requests):
-                clock = max(clock, requests[i].arrival_time)
-        result = summarize(admitted, refused, self.scheduler.stats.as_dict(),
-                           clock - (requests[0].arrival_time if requests else 0.0))
-        result.update(self.policy.describe())
-        result["wall_s"] = time.perf_counter() - wall
-        result["source"] = "measured"
-        return result
+        result = replay(trace_requests(trace, prefix, tokenize), self.scheduler, self, admit=self.add)
+        where = f"{platform.node()} ({platform.machine()} CPU, {torch.get_num_threads()} torch threads): " \
+                f"{self.config.model} ({self.config.dtype}, random weights), {self.blocks.num_blocks} KV blocks of " \
+                f"{self.blocks.block_size} tokens; clock = sum of measured step CPU times"
+        return result.report(source="measured", where=where, device="cpu", model=self.config.model,
+                             extra={**self.policy.describe(), "wall_s": time.perf_counter() - wall})

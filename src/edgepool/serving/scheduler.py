@@ -1,34 +1,23 @@
-"""The continuous-batching scheduler and the KV-cache policies behind one interface.
+"""The continuous-batching scheduler, shared by the real engine and the simulator.
 
-Each step the scheduler decides which requests run (prefill, recompute or decode), which are preempted
-(by recompute or by swap to the host pool), which swapped requests come back and which waiting requests
-are admitted. A `Policy` answers the four questions that differ between systems: how much KV cache to
-reserve for a request, which request to preempt, how (recompute or swap), and how to adapt over time.
-
-Policies (see docs/areas/serving.md for the sources; docs/guides/add-serving-policy.md to add one):
-  (a) `vllm`        vLLM v0 style: FCFS, blocks allocated on demand, the newest request preempted by recompute.
-  (b) `max-reserve` reserve KV for prompt + max_new_tokens at admission: never preempts, admits few.
-  (c) `padding`     CacheOPT-style confidence-aware padding: book prompt + predicted length and admit only while
-                    the predicted peak of all bookings plus a padding that grows as the predictor's confidence
-                    falls (pooled over running requests) fits; the padding factor is tuned online from
-                    memory pressure and what preemptions cost (negative: over-booking, when they are
-                    cheap). Bookings are not pinned, so booked-but-unused blocks serve others.
-  (d) `padding-cost` (c) plus cost-based preemption: the victim is the request with the longest predicted
-                    remaining work, preempted by recompute or swap, whichever the cost model says is cheaper
-                    at the current load and host-pool occupancy; the waiting queue is ordered by highest
-                    response ratio next on predicted lengths. `padding-cost-fcfs`: (d) with FCFS order.
+Each step it decides which requests run (prefill, recompute or decode), which are preempted (by recompute
+or by swap to the host pool), which swapped requests come back and which waiting requests are admitted.
+What differs between systems (how much KV cache to book, who is preempted and how, queue order, online
+tuning) is asked of a `Policy` (`policies.py`), which sees a read-only `SchedulerView` (`view.py`).
 """
 from __future__ import annotations
 
 import bisect
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgepool.errors import SpecError
 from edgepool.serving.block_manager import BlockManager
+from edgepool.serving.policies import Policy
+from edgepool.serving.preemption import PreemptionCosts, PreemptionMode
 from edgepool.serving.request import Request, RequestState
+from edgepool.serving.view import SchedulerView
 
 
 class RequestRejected(Exception):
@@ -96,220 +85,6 @@ class SchedulerStats:
         }
 
 
-# ---------------------------------------------------------------------------------------------------
-# Policies
-# ---------------------------------------------------------------------------------------------------
-class Policy:
-    """vLLM v0 behaviour; subclasses override what differs."""
-
-    name = "vllm"
-    uses_predictor = False
-
-    def reservation(self, request: Request, scheduler: "Scheduler") -> int:
-        """Tokens of KV cache to hold for this request when it is (re)admitted."""
-        return request.total_tokens
-
-    def choose_victim(self, candidates: list[Request], scheduler: "Scheduler") -> Request:
-        return max(candidates, key=lambda r: (r.arrival_time, r.request_id))
-
-    def preempt_mode(self, victim: Request, scheduler: "Scheduler", plan: StepPlan) -> str:
-        return "recompute"
-
-    def next_waiting(self, scheduler: "Scheduler") -> Request:
-        """Which waiting request to try next (FCFS: the queue head; preempted requests sit at the front)."""
-        return scheduler.waiting[0]
-
-    def admits(self, request: Request, scheduler: "Scheduler", need_blocks: int) -> bool:
-        """Whether `request` may start now, given it needs `need_blocks` blocks immediately."""
-        return need_blocks + scheduler.watermark_blocks <= scheduler.blocks.num_free
-
-    def observe(self, scheduler: "Scheduler") -> None:
-        """Called once per step before scheduling (online tuning)."""
-
-    def describe(self) -> dict:
-        return {"policy": self.name}
-
-
-class VllmPolicy(Policy):
-    pass
-
-
-class MaxReservePolicy(Policy):
-    name = "max-reserve"
-
-    def reservation(self, request: Request, scheduler: "Scheduler") -> int:
-        return request.max_total_tokens
-
-
-class PaddingPolicy(Policy):
-    """Confidence-aware padding: book the predicted length plus a padding sized by the uncertainty.
-
-    A request books prompt + predicted (median) response length; its padding, what it may still need
-    beyond that, is the predictor's band (upper quantile - median) times `pad_scale`. Bookings are not
-    pinned blocks: blocks are handed out as tokens arrive, so booked-but-not-yet-needed memory serves other
-    requests meanwhile (CacheOPT reuses allocated KV cache the same way). A new request is admitted only if
-    the predicted peak of KV use, walking every running request (and the newcomer) to its predicted end,
-    plus the padding, fits in the cache. Paddings are pooled: independent overruns add like variances, so
-    the pool is `pad_scale * sqrt(sum of padding^2)`, which covers the same risk as per-request padding
-    with far less idle memory.
-
-    `pad_scale` is tuned online from memory pressure and preemption cost (see `observe`): it grows by what
-    each preemption cost, in steps, and shrinks while requests wait at the door although the cache is not
-    full, down to `min_scale` < 0 (over-booking) when preemptions stay cheap.
-    """
-
-    name = "padding"
-    uses_predictor = True
-
-    def __init__(self, pad_scale: float = 1.0, min_scale: float = -1.0, max_scale: float = 3.0,
-                 grow_step: float = 0.1, shrink_step: float = 0.01, idle_fraction: float = 0.05,
-                 order: str = "fcfs"):
-        if order not in ("fcfs", "hrrn"):
-            raise SpecError(field="order", value=order, accepted="fcfs, hrrn")
-        self.pad_scale, self.min_scale, self.max_scale = pad_scale, min_scale, max_scale
-        self.grow_step, self.shrink_step, self.order = grow_step, shrink_step, order
-        self.idle_fraction = idle_fraction
-        self._last_preemptions, self._last_cost_s = 0, 0.0
-
-    def next_waiting(self, scheduler: "Scheduler") -> Request:
-        """FCFS, or highest response ratio next: (waited + predicted service) / predicted service.
-
-        HRRN favours short predicted jobs (what cuts mean latency when a queue forms) and lets every job's
-        ratio grow while it waits, so long jobs are never starved. Service = predicted remaining tokens x
-        the mean step time the scheduler has observed.
-        """
-        if self.order == "fcfs" or len(scheduler.waiting) == 1:
-            return scheduler.waiting[0]
-        step = max(scheduler.mean_step_time, 1e-6)
-
-        def ratio(r: Request) -> float:
-            service = max(self.booked_new_tokens(r) - r.num_generated, 1.0) * step
-            return (max(scheduler.now - r.arrival_time, 0.0) + service) / service
-        return max(scheduler.waiting, key=lambda r: (ratio(r), -r.arrival_time))
-
-    @staticmethod
-    def booked_new_tokens(request: Request) -> float:
-        """Predicted final response length, given what has been generated so far."""
-        predicted = request.predicted_len if request.predicted_len is not None else request.max_new_tokens
-        upper = request.predicted_upper if request.predicted_upper is not None else predicted
-        if request.num_generated < predicted:
-            return predicted
-        if request.num_generated < upper:      # past the median: expect it to stop within the band
-            return upper
-        return min(request.num_generated * 1.25 + 1, request.max_new_tokens)
-
-    @classmethod
-    def padding_tokens(cls, request: Request) -> float:
-        """What the request may still need beyond its booking (its uncertainty band)."""
-        if request.predicted_len is None or request.predicted_upper is None:
-            return 0.0
-        booked = cls.booked_new_tokens(request)
-        return float(max(request.predicted_upper - booked, 0.0))
-
-    def predicted_peak_tokens(self, requests: list[Request], block_size: int) -> float:
-        """Max over future steps of KV tokens held if every request runs to its booking, then leaves."""
-        items = []
-        for r in requests:
-            remaining = max(self.booked_new_tokens(r) - r.num_generated, 0.0)
-            items.append((remaining, r.total_tokens + block_size / 2))   # last block is half empty on average
-        items.sort(key=lambda item: -item[0])
-        peak, held = 0.0, 0.0
-        for count, (remaining, tokens) in enumerate(items, start=1):
-            held += tokens
-            peak = max(peak, held + count * remaining)      # just before the request with `remaining` ends
-        return peak
-
-    def admits(self, request: Request, scheduler: "Scheduler", need_blocks: int) -> bool:
-        blocks = scheduler.blocks
-        if need_blocks + scheduler.watermark_blocks > blocks.num_free:
-            return False
-        if not scheduler.running:          # alone it can always run: a wrong booking only costs a preemption
-            return True
-        group = scheduler.running + [request]
-        pool = self.pad_scale * math.sqrt(sum(self.padding_tokens(r) ** 2 for r in group))
-        return self.predicted_peak_tokens(group, blocks.block_size) + pool <= scheduler.capacity_tokens
-
-    def observe(self, scheduler: "Scheduler") -> None:
-        """Grow the padding by what preemptions cost, shrink it while memory idles and requests wait.
-
-        A preemption grows `pad_scale` by `grow_step` per step's worth of time it costs by the cost model
-        (a swap over a fast host link costs a fraction of a step, a re-prefill of a long request several
-        steps); without a cost model every preemption counts as one step. While requests wait at the door
-        although more than `idle_fraction` of the cache is free, the scale shrinks by `shrink_step` a step, below
-        zero if preemptions stay cheap: a negative scale over-books by that share of the pooled uncertainty,
-        as vLLM over-commits, betting that the overruns can be preempted cheaply.
-        """
-        stats = scheduler.stats
-        preemptions = stats.preempt_recompute + stats.preempt_swap
-        if preemptions > self._last_preemptions:
-            step = scheduler.mean_step_time
-            if scheduler.cost is not None and step > 0:
-                cost_in_steps = (stats.preempt_cost_s - self._last_cost_s) / step
-            else:
-                cost_in_steps = float(preemptions - self._last_preemptions)
-            self.pad_scale += self.grow_step * cost_in_steps
-        elif (scheduler.waiting and scheduler.blocked_on_memory
-              and scheduler.blocks.num_free > self.idle_fraction * scheduler.blocks.num_blocks):
-            self.pad_scale -= self.shrink_step
-        self.pad_scale = min(max(self.pad_scale, self.min_scale), self.max_scale)
-        self._last_preemptions, self._last_cost_s = preemptions, stats.preempt_cost_s
-
-    def describe(self) -> dict:
-        return {"policy": self.name, "pad_scale": round(self.pad_scale, 3), "order": self.order}
-
-
-class CostAwarePolicy(PaddingPolicy):
-    """(c) plus: victim = longest predicted remaining work; recompute or swap, whichever costs less now.
-
-    It also orders the waiting queue by highest response ratio next on the predicted lengths (HRRN, see
-    `next_waiting`); `padding-cost-fcfs` is the same policy with FCFS order, to show what each part buys.
-    """
-
-    name = "padding-cost"
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("order", "hrrn")
-        super().__init__(**kwargs)
-
-    def choose_victim(self, candidates: list[Request], scheduler: "Scheduler") -> Request:
-        def remaining(r: Request) -> float:
-            predicted = r.predicted_upper if r.predicted_upper is not None else r.max_new_tokens
-            return max(predicted - r.num_generated, 1.0)
-        return max(candidates, key=lambda r: (remaining(r), r.arrival_time, r.request_id))
-
-    def preempt_mode(self, victim: Request, scheduler: "Scheduler", plan: StepPlan) -> str:
-        recompute, swap = scheduler.preemption_costs(victim, plan)
-        return "swap" if swap is not None and swap < recompute else "recompute"
-
-
-class CostAwareFcfsPolicy(CostAwarePolicy):
-    """Ablation of (d): the same, but the waiting queue stays first come first served."""
-
-    name = "padding-cost-fcfs"
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("order", "fcfs")
-        super().__init__(**kwargs)
-
-
-POLICIES: dict[str, type[Policy]] = {
-    "vllm": VllmPolicy, "max-reserve": MaxReservePolicy, "padding": PaddingPolicy, "padding-cost": CostAwarePolicy,
-    "padding-cost-fcfs": CostAwareFcfsPolicy,
-}
-POLICY_ALIASES = {"a": "vllm", "b": "max-reserve", "c": "padding", "d": "padding-cost"}
-
-
-def make_policy(name: str, **kwargs) -> Policy:
-    key = POLICY_ALIASES.get(name, name)
-    if key not in POLICIES:
-        raise SpecError(field="policy", value=name,
-                        accepted=", ".join(POLICIES) + " (or a, b, c, d)")
-    return POLICIES[key](**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Scheduler
-# ---------------------------------------------------------------------------------------------------
 class Scheduler:
     """Shared by the real engine and the simulator: it decides, the executor moves data and computes."""
 
@@ -330,6 +105,7 @@ class Scheduler:
         self.blocked_on_memory = False
         self.now = 0.0                  # the executor's clock, as of the last schedule()/complete()
         self.mean_step_time = 0.0       # moving average of step durations seen by complete()
+        self.view = SchedulerView(self)  # all a policy sees
 
     # --- intake ------------------------------------------------------------------------------
     @property
@@ -384,7 +160,7 @@ class Scheduler:
     def schedule(self, now: float | None = None) -> StepPlan:
         if now is not None:
             self.now = now
-        self.policy.observe(self)
+        self.policy.observe(self.view)
         plan = StepPlan()
         preempted = self._schedule_running(plan)
         if not preempted:
@@ -396,7 +172,7 @@ class Scheduler:
         self.stats.kv_block_util_sum += self.blocks.num_used / self.blocks.num_blocks
         return plan
 
-    def preemption_costs(self, victim: Request, plan: StepPlan) -> tuple[float, float | None]:
+    def preemption_costs(self, victim: Request, plan: StepPlan) -> PreemptionCosts:
         """Seconds a recompute and a swap of `victim` would cost now (swap None: not possible).
 
         Recompute: the victim's tokens re-enter a later batch as prefill; its cost is what those tokens add
@@ -405,26 +181,25 @@ class Scheduler:
         unknown: recompute counts as 0 and swap as impossible.
         """
         if self.cost is None or victim.num_computed == 0:
-            return 0.0, None
+            return PreemptionCosts(0.0, None)
         batch_tokens, batch_requests, context = plan.compute_tokens, len(plan.batch), plan.context_tokens
         base = self.cost.step_time(max(batch_tokens, 1), max(batch_requests, 1), context)
         recompute = self.cost.step_time(batch_tokens + victim.total_tokens, batch_requests + 1,
                                         context + victim.total_tokens) - base
         if not self.blocks.can_swap_out(victim.request_id, victim.num_computed):
-            return recompute, None
-        return recompute, 2.0 * self.cost.copy_time(self.blocks.blocks_for(victim.num_computed))
+            return PreemptionCosts(recompute, None)
+        return PreemptionCosts(recompute, 2.0 * self.cost.copy_time(self.blocks.blocks_for(victim.num_computed)))
 
     def _preempt(self, victim: Request, plan: StepPlan) -> None:
-        mode = self.policy.preempt_mode(victim, self, plan)
-        if mode == "swap" and not (victim.num_computed and self.blocks.can_swap_out(victim.request_id,
-                                                                                   victim.num_computed)):
-            mode = "recompute"          # nothing to swap, or the host pool cannot take it
-        recompute_cost, swap_cost = self.preemption_costs(victim, plan)
-        self.stats.preempt_cost_s += (swap_cost or 0.0) if mode == "swap" else recompute_cost
+        costs = self.preemption_costs(victim, plan)
+        mode = PreemptionMode.parse(self.policy.preempt_mode(victim, self.view, costs))
+        if mode is PreemptionMode.SWAP and not (victim.num_computed and self.view.can_swap_out(victim)):
+            mode = PreemptionMode.RECOMPUTE          # nothing to swap, or the host pool cannot take it
+        self.stats.preempt_cost_s += costs.cost_of(mode)
         self.running.remove(victim)
         if victim in plan.batch:
             plan.batch.remove(victim)
-        if mode == "swap":
+        if mode is PreemptionMode.SWAP:
             pairs = self.blocks.swap_out(victim.request_id, victim.num_computed)
             plan.swap_out.extend(pairs)
             victim.state = RequestState.SWAPPED
@@ -451,7 +226,7 @@ class Scheduler:
             request = self.running[i]
             missing = self.blocks.blocks_for(request.total_tokens) - self.blocks.num_blocks_of(request.request_id)
             while missing > self.blocks.num_free:
-                victim = self.policy.choose_victim(list(self.running), self)
+                victim = self.policy.choose_victim(tuple(self.running), self.view)
                 victim_index = self.running.index(victim)
                 self._preempt(victim, plan)
                 preempted = True
@@ -485,12 +260,12 @@ class Scheduler:
         self.blocked_on_memory = False
         budget = self.max_batch_tokens - plan.compute_tokens
         while self.waiting and len(plan.batch) < self.max_batch_requests:
-            request = self.policy.next_waiting(self)
+            request = self.policy.next_waiting(self.view)
             if request.tokens_to_compute > budget:
                 break
-            reserve = max(self.policy.reservation(request, self), request.total_tokens)
+            reserve = max(self.policy.reservation(request, self.view), request.total_tokens)
             need = self.blocks.blocks_for(reserve)
-            if not self.policy.admits(request, self, need):
+            if not self.policy.admits(request, self.view, need):
                 self.blocked_on_memory = True
                 break
             self.waiting.remove(request)

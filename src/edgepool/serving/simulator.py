@@ -1,8 +1,9 @@
 """Simulator: the real scheduler and block manager, with a roofline cost model in place of the model.
 
 Policies can then be compared at edge-GPU scale (Jetson AGX Orin, a 7B model) in seconds. Only the
-executor is swapped: step times come from a roofline (compute vs memory traffic of weights and KV cache)
-and swap copies from the host-pool bandwidth. This module never imports the engine.
+executor is swapped (`replay.ModelledExecutor`, in the trace-replay loop the engine uses too): step times
+come from a roofline (compute vs memory traffic of weights and KV cache) and swap copies from the host-pool
+bandwidth. This module never imports the engine.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import dataclass, field
 from edgepool.catalog import get_device
 from edgepool.costmodel import CostModel
 from edgepool.device import Device
+from edgepool.report import Report
 from edgepool.serving.block_manager import BlockManager
-from edgepool.serving.metrics import summarize
-from edgepool.serving.request import Request, RequestState
-from edgepool.serving.scheduler import LengthEstimator, RequestRejected, Scheduler, make_policy
+from edgepool.serving.policies import make_policy
+from edgepool.serving.replay import ModelledExecutor, replay, trace_requests
+from edgepool.serving.scheduler import LengthEstimator, Scheduler
 from edgepool.serving.traces import TraceRequest
 
 GIB = 2 ** 30
@@ -104,63 +106,20 @@ class SimConfig:
         return int(self.kv_cache_bytes // per_block), int(self.host_pool_bytes // per_block)
 
 
-def trace_to_requests(trace: list[TraceRequest], prefix: str = "r") -> list[Request]:
-    return [Request(request_id=f"{prefix}{i}", prompt_len=t.prompt_len, max_new_tokens=t.max_new_tokens,
-                    stop_after=t.response_len, arrival_time=t.arrival_s, prompt_text=t.prompt)
-            for i, t in enumerate(trace)]
-
-
 def simulate(trace: list[TraceRequest], policy: str, config: SimConfig | None = None,
-             predictor: LengthEstimator | None = None, check_blocks: bool = False) -> dict:
-    """Serve `trace` with `policy` on the simulated device; returns `summarize()` metrics (simulated)."""
+             predictor: LengthEstimator | None = None, check_blocks: bool = False) -> Report:
+    """Serve `trace` with `policy` on the simulated device: a simulated `Report` with `summarize()` metrics."""
     config = config or SimConfig()
     device = get_device(config.device)
     num_blocks, host_blocks = config.blocks()
     cost = RooflineStepCost(device, config.model, config.block_size, power_mode=config.power_mode)
     pol = make_policy(policy, **config.policy_options)
-    blocks = BlockManager(num_blocks, config.block_size, host_blocks)
-    scheduler = Scheduler(pol, blocks, max_batch_requests=config.max_batch_requests,
-                          max_batch_tokens=config.max_batch_tokens, cost=cost,
-                          predictor=predictor if pol.uses_predictor else None)
+    scheduler = Scheduler(pol, BlockManager(num_blocks, config.block_size, host_blocks),
+                          max_batch_requests=config.max_batch_requests, max_batch_tokens=config.max_batch_tokens,
+                          cost=cost, predictor=predictor if pol.uses_predictor else None)
     # The true length is only a stop condition (`stop_after`, standing in for EOS); policies see predictions.
-    requests = trace_to_requests(trace)
-    if pol.uses_predictor and predictor is not None and requests:
-        predictor.predict(requests)      # from the prompt only; batched for speed, same as one at a time
-    admitted: list[Request] = []
-    refused = 0
-    clock, i = 0.0, 0
-    while i < len(requests) or scheduler.has_work():
-        while i < len(requests) and requests[i].arrival_time <= clock:
-            request = requests[i]
-            i += 1
-            try:
-                scheduler.add(request)
-                admitted.append(request)
-            except RequestRejected as rejected:
-                request.state, request.error = RequestState.FAILED, rejected.message
-                refused += 1
-        if not scheduler.has_work():
-            if i >= len(requests):
-                break
-            clock = requests[i].arrival_time
-            continue
-        plan = scheduler.schedule(clock)
-        if not plan.batch:
-            if i < len(requests):
-                clock = max(clock, requests[i].arrival_time)
-                continue
-            for stuck in scheduler.live_requests():      # cannot happen with validated sizes; never silent
-                scheduler.abort(stuck, "could not be scheduled: KV cache too small")
-            break
-        clock += cost.step_time(plan.compute_tokens, len(plan.batch), plan.context_tokens)
-        clock += cost.copy_time(len(plan.swap_out) + len(plan.swap_in))
-        scheduler.complete(plan, None, clock)
-        if check_blocks:
-            blocks.check({r.request_id for r in scheduler.live_requests()})
-    first_arrival = requests[0].arrival_time if requests else 0.0
-    result = summarize(admitted, refused, scheduler.stats.as_dict(), clock - first_arrival)
-    result.update(pol.describe())
-    result["source"] = "simulated"
-    result["where"] = f"roofline model of {device.name} serving {config.model.name} ({num_blocks} KV blocks of " \
-                      f"{config.block_size} tokens, {host_blocks} host blocks)"
-    return result
+    result = replay(trace_requests(trace, "r"), scheduler, ModelledExecutor(cost), check_blocks=check_blocks)
+    where = f"roofline model of {device.name} serving {config.model.name} ({num_blocks} KV blocks of " \
+            f"{config.block_size} tokens, {host_blocks} host blocks)"
+    return result.report(source="simulated", where=where, device=device.name, model=config.model.name,
+                         extra=pol.describe())

@@ -2,9 +2,9 @@
 from edgepool.testbed.launcher import (Launcher, LocalLauncher, ProcessLauncher, WorkerFailed, WorkerHandle,
                                        make_launcher)
 from edgepool.testbed.system import TestbedUnavailable, unavailable_reason
-from edgepool.testbed.testbed import (DeviceLimits, Testbed, cleanup_leftovers, device_limits, device_speed,
+from edgepool.testbed.testbed import (DeviceLimits, Emulation, Testbed, cleanup_leftovers, device_limits,
                                       emulated_cluster, host_core_device)
 
 __all__ = ["Launcher", "LocalLauncher", "ProcessLauncher", "WorkerFailed", "WorkerHandle", "make_launcher",
-           "Testbed", "TestbedUnavailable", "DeviceLimits", "cleanup_leftovers", "device_limits",
-           "device_speed", "emulated_cluster", "host_core_device", "unavailable_reason"]
+           "Testbed", "TestbedUnavailable", "DeviceLimits", "Emulation", "cleanup_leftovers", "device_limits",
+           "emulated_cluster", "host_core_device", "unavailable_reason"]

@@ -14,11 +14,12 @@ import os
 import secrets
 import shlex
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from edgepool.cluster import Cluster
+from edgepool.cluster import Cluster, Link
+from edgepool.costmodel import device_speed
 from edgepool.device import Device
 from edgepool.testbed.cgroups import DeviceCgroup, list_cgroups, remove_cgroup_dirs
 from edgepool.testbed.launcher import ProcessLauncher, WorkerHandle
@@ -41,13 +42,6 @@ class DeviceLimits:
     cpu_cores: float
     memory_bytes: int | None
     relative_speed: float
-
-
-def device_speed(cluster: Cluster, name: str) -> float:
-    """Sustained fp32 FLOP/s the cost model assumes: peak x efficiency x the power mode's compute scale."""
-    device = cluster.devices[name]
-    mode = device.mode(cluster.power_modes.get(name))
-    return device.peak("fp32") * device.efficiency * (mode.compute_scale if mode else 1.0)
 
 
 def device_limits(cluster: Cluster, names: Sequence[str], cpu_budget: float | None = None,
@@ -78,49 +72,79 @@ def device_limits(cluster: Cluster, names: Sequence[str], cpu_budget: float | No
 
 
 def host_core_device(name: str = "host-core") -> Device:
-    """One core of this host as a `Device` (measured, one torch thread): what a testbed worker runs on."""
+    """One core of this host as a `Device`, measured with one torch thread (matmul FLOP/s, copy bandwidth):
+    what a testbed worker runs on, and what every emulated device is a fraction of."""
     import torch
 
-    from edgepool.local_device import measure_local_device, measure_matmul_flops
+    from edgepool.local_device import measure_local_device, measure_matmul_flops, measure_memory_bandwidth
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         fp32 = measure_matmul_flops(512)
+        bandwidth = measure_memory_bandwidth(32 * 2**20)
     finally:
         torch.set_num_threads(threads)
     host = measure_local_device()
     return host.model_copy(update={"name": name, "peak_flops": {"fp32": fp32}, "cpu_cores": 1,
-                                   "memory_bandwidth": host.memory_bandwidth / max(1, host.cpu_cores),
-                                   "description": f"one core of {host.description}"})
+                                   "memory_bandwidth": bandwidth, "description": f"one core of {host.description}",
+                                   "sources": {**host.sources, "peak_flops": "measured: best of 5 fp32 512x512 "
+                                               "torch.mm on one thread", "memory": "measured: psutil total "
+                                               "memory; bandwidth from a 32 MiB tensor copy on one thread"}})
 
 
-def emulated_cluster(cluster: Cluster, limits: dict[str, DeviceLimits], host: Device,
-                     bandwidth_scale: float = 1.0, latency_s: float = 0.0) -> Cluster:
-    """The cluster as a testbed realizes it, so that a simulation predicts what the testbed measures.
+@dataclass(frozen=True)
+class Emulation:
+    """How a launcher runs a cluster on this host: each device's share of one host core, what the spec's links
+    become, and each device's memory limit (none: the device's own memory)."""
 
-    Each device becomes `host` (one core of this machine) scaled by its CPU quota (compute and memory
-    bandwidth, since a throttled process gets that share of the time), with its memory limit; links keep
-    their shaped bandwidth and get `latency_s`, because the testbed adds no latency (veth: about 0.03 ms round trip).
-    Energy figures stay those of the original devices (modelled either way).
+    cores: dict[str, float]  # device -> cores; the emulated cluster has these devices, in this order
+    bandwidth_scale: float = 1.0  # links shaped at this fraction of the spec (inf: not shaped)
+    latency_s: float = 0.0  # every link's real latency: the testbed adds none (veth: about 0.05 ms)
+    loopback_bandwidth: float | None = None  # unshaped local processes: every link is loopback, no medium
+    memory: dict[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    def of_limits(cls, limits: dict[str, DeviceLimits], bandwidth_scale: float = 1.0,
+                  latency_s: float = 0.0) -> "Emulation":
+        """A testbed's emulation: its CPU quotas and memory limits, its shaped links."""
+        return cls(cores={n: lim.cpu_cores for n, lim in limits.items()}, bandwidth_scale=bandwidth_scale,
+                   latency_s=latency_s, memory={n: lim.memory_bytes for n, lim in limits.items()})
+
+    def link(self, link: Link) -> Link:
+        if self.loopback_bandwidth is not None:
+            return Link(bandwidth=self.loopback_bandwidth, latency_s=self.latency_s, medium=None)
+        return replace(link, bandwidth=link.bandwidth * self.bandwidth_scale, latency_s=self.latency_s)
+
+    def media(self, cluster: Cluster) -> dict[str, float]:
+        if self.loopback_bandwidth is not None:
+            return {}
+        return {m: c * self.bandwidth_scale for m, c in cluster.media.items()}
+
+
+def emulated_cluster(cluster: Cluster, emulation: Emulation, host: Device) -> Cluster:
+    """The cluster as it really runs here, so that a simulation predicts what a run here measures.
+
+    Each device becomes `host` (one core of this machine) scaled by its cores (compute, and memory bandwidth
+    up to one core's: a worker runs one thread), with its memory limit; links become what the launcher makes
+    of them (`Emulation.link`). Energy figures stay those of the original devices (modelled either way).
     """
     devices = {}
-    for name, lim in limits.items():
+    for name, cores in emulation.cores.items():
         original = cluster.devices[name]
         devices[name] = original.model_copy(update={
-            "kind": "cpu", "peak_flops": {"fp32": host.peak("fp32") * lim.cpu_cores},
-            "memory_bandwidth": host.memory_bandwidth * lim.cpu_cores, "efficiency": host.efficiency,
-            "cpu_cores": 1, "memory_bytes": lim.memory_bytes or original.memory_bytes, "power_modes": [],
-            "description": f"testbed emulation of {name}: {lim.cpu_cores:.3f} of one host core",
-            "sources": {**original.sources, "testbed": "compute = one measured host core x the cgroup CPU quota"}})
-    graph = cluster.graph.subgraph(list(limits)).copy()
-    for a, b, data in graph.edges(data=True):
-        link = data["link"]
-        data["link"] = replace(link, bandwidth=link.bandwidth * bandwidth_scale, latency_s=latency_s)
-    return Cluster(name=f"{cluster.name} (testbed)", devices=devices, graph=graph,
-                   media={m: c * bandwidth_scale for m, c in cluster.media.items()},
-                   locations=dict(cluster.locations), zones={n: z for n, z in cluster.zones.items() if n in limits},
-                   source=cluster.source)
+            "kind": "cpu", "peak_flops": {"fp32": host.peak("fp32") * cores},
+            "memory_bandwidth": host.memory_bandwidth * min(cores, 1.0), "efficiency": host.efficiency,
+            "cpu_cores": 1, "memory_bytes": emulation.memory.get(name) or original.memory_bytes,
+            "power_modes": [], "description": f"{name} emulated: {cores:.3f} of one core of this host",
+            "sources": {**original.sources, "emulated": "compute = one measured host core x its CPU share"}})
+    graph = cluster.graph.subgraph(list(devices)).copy()
+    for _, _, data in graph.edges(data=True):
+        data["link"] = emulation.link(data["link"])
+    keep = lambda values: {n: v for n, v in values.items() if n in devices}  # noqa: E731
+    return replace(cluster, name=f"{cluster.name} (emulated here)", devices=devices, graph=graph,
+                   media=emulation.media(cluster), locations=keep(cluster.locations),
+                   addresses=keep(cluster.addresses), power_modes={}, zones=keep(cluster.zones))
 
 
 # ----------------------------------------------------------------------------- the testbed
@@ -186,8 +210,9 @@ class Testbed(ProcessLauncher):
 
     def emulated_cluster(self, host: Device | None = None, latency_s: float = 0.0) -> Cluster:
         """The cluster this testbed really realizes (see `emulated_cluster`); measures one host core if no `host`."""
-        return emulated_cluster(self.cluster, self.limits, host or host_core_device(),
-                                self.bandwidth_scale if self.shaping else float("inf"), latency_s)
+        emulation = Emulation.of_limits(self.limits, self.bandwidth_scale if self.shaping else float("inf"),
+                                        latency_s)
+        return emulated_cluster(self.cluster, emulation, host or host_core_device())
 
     def describe(self) -> dict:
         """What this testbed emulates, for a report's `where`."""
