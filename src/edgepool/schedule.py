@@ -78,7 +78,7 @@ class Schedule:
     waves: bool = False
 
 
-# Adding a schedule: its function above and one entry here (and its name in `Plan.schedule`).
+# Adding a schedule: its function above and one entry here (`Plan.schedule` accepts every name here).
 # `none` (a plan without pipelining) runs like 1F1B.
 SCHEDULES: dict[str, Schedule] = {
     "1f1b": Schedule(one_f_one_b),
