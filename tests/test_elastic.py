@@ -66,14 +66,13 @@ def test_unknown_failure_device_is_rejected():
         ElasticRun(pipeline(["a", "b"]), TOY, 3, replan=pipeline, failures=[FailureSpec("z", 1)])
 
 
-def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
+def _simulated_home_run():
+    """ResNet-18 under GPipe on the `home` cluster: (plan, cluster, cost model, profile, replan) to simulate."""
     from edgepool.cluster import load_cluster
     from edgepool.costmodel import CostModel
-    from edgepool.elastic.sim_events import simulate_with_events
     from edgepool.models import build_model
     from edgepool.planners import get_planner
     from edgepool.profile import profile_model
-    from edgepool.events import DeviceFailure
 
     cluster = load_cluster("home")
     profile = profile_model(build_model("resnet18", meta=True), batch=1)
@@ -81,7 +80,14 @@ def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
 
     def replan(ds):
         return get_planner("gpipe").plan(profile, cluster, cm, 32, constraints={"devices": list(ds)})
-    plan = replan(list(cluster.devices))
+    return replan(list(cluster.devices)), cluster, cm, profile, replan
+
+
+def test_simulator_shows_the_dip_and_replay_recovers_faster_than_restart():
+    from edgepool.elastic.sim_events import simulate_with_events
+    from edgepool.events import DeviceFailure
+
+    plan, cluster, cm, profile, replan = _simulated_home_run()
     victim = plan.devices[0]
     runs = {s.name: simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(victim, 20.0)], replan, 60.0, s)
             for s in (PipelineReplay(), CheckpointRestart(checkpoint_every=10, restart_s=10.0))}
@@ -121,14 +127,9 @@ def test_a_strategy_that_cannot_recover_says_so():
 
 
 def test_a_custom_recovery_strategy_plugs_into_the_simulation():
-    from edgepool.cluster import load_cluster
-    from edgepool.costmodel import CostModel
     from edgepool.elastic.sim_events import simulate_with_events
     from edgepool.elastic.strategy import RecoveryStrategy, SimulatedRecovery
     from edgepool.events import DeviceFailure
-    from edgepool.models import build_model
-    from edgepool.planners import get_planner
-    from edgepool.profile import profile_model
 
     class FixedPause(RecoveryStrategy):
         name = "pause"
@@ -141,13 +142,7 @@ def test_a_custom_recovery_strategy_plugs_into_the_simulation():
             self.seen.append(failure)
             return SimulatedRecovery(5.0, failure.step, 1, {"pause_s": 5.0})
 
-    cluster = load_cluster("home")
-    profile = profile_model(build_model("resnet18", meta=True), batch=1)
-    cm = CostModel(optimizer="sgd")
-
-    def replan(ds):
-        return get_planner("gpipe").plan(profile, cluster, cm, 32, constraints={"devices": list(ds)})
-    plan = replan(list(cluster.devices))
+    plan, cluster, cm, profile, replan = _simulated_home_run()
     strategy = FixedPause()
     tl = simulate_with_events(plan, cluster, cm, profile, [DeviceFailure(plan.devices[0], 20.0)], replan, 60.0,
                               strategy)
