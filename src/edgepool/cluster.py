@@ -211,11 +211,29 @@ _REQUIRED = {"devices": "a list of devices, e.g. [{name: pi, type: rpi5}]", "nam
 
 
 def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
+    """Build a `Cluster` from a parsed YAML mapping; every problem is a `SpecError` naming the field.
+
+    The checks run in a fixed order (schema, device count, devices, media, links, connectivity), so the first
+    problem a spec has is always the one reported."""
+    spec = _validated_spec(raw, source)
+    _check_device_total(spec, source)
+    devices, locations, addresses, modes, zones = _parse_devices(spec, source)
+    _check_media(spec, source)
+    graph = _build_graph(spec, devices, zones, source)
+    _check_connected(graph, devices, source)
+    return Cluster(name=spec.name, devices=devices, graph=graph,
+                   media={k: v.bandwidth for k, v in spec.media.items()},
+                   locations=locations, addresses=addresses, power_modes=modes, zones=zones, source=source)
+
+
+def _validated_spec(raw: Any, source: str) -> ClusterSpec:
+    """The schema check: pydantic's first error becomes one SpecError, so the user sees a single readable line
+    (with the device's name in the field path) instead of pydantic's report."""
     if not isinstance(raw, dict):
         raise SpecError(field="(top level)", value=type(raw).__name__, source=source,
                         accepted="a mapping with 'devices' (list) and optional 'links', 'default_link', 'media'")
     try:
-        spec = ClusterSpec.model_validate(raw)
+        return ClusterSpec.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
@@ -224,12 +242,20 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
         else:
             value = _shown(err.get("input"))
         raise SpecError(field=_loc(err, raw), value=value, accepted=msg, source=source) from None
+
+
+def _check_device_total(spec: ClusterSpec, source: str) -> None:
+    """Refuse more than MAX_DEVICES before building anything: links grow with the square of the device count."""
     total = sum(d.count for d in spec.devices)
     if total > MAX_DEVICES:
         raise SpecError(field="devices", value=f"{total} devices (counts included)", source=source,
                         accepted=f"at most {MAX_DEVICES} devices in one cluster",
                         hint="every pair of devices has a link; split a larger pool into clusters")
 
+
+def _parse_devices(spec: ClusterSpec, source: str):
+    """Expand `count`, build each device and collect its location, address, power mode and zone, device by
+    device, so a problem is reported at the first device that has it."""
     devices: dict[str, Device] = {}
     locations, addresses, modes, zones = {}, {}, {}, {}
     for i, dspec in enumerate(spec.devices):
@@ -238,23 +264,7 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
             if name in devices:
                 raise SpecError(field=f"devices[{i}].name", value=name, source=source,
                                 accepted="a name not used by another device")
-            where = f"devices[{i}] ({dspec.name})"
-            try:
-                devices[name] = _build_device(dspec, name)
-            except SpecError as exc:
-                raise SpecError(field=f"{where}.{exc.field}", value=exc.value, accepted=exc.accepted,
-                                source=source) from None
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                field_name = ".".join(str(p) for p in err["loc"])
-                raise SpecError(field=f"{where}.{field_name}", value=_shown(err.get("input")),
-                                accepted=err["msg"].removeprefix("Value error, "), source=source) from None
-            if dspec.power_mode is not None:
-                try:
-                    devices[name].mode(dspec.power_mode)
-                except ValueError as exc:
-                    raise SpecError(field=f"{where}.power_mode", value=dspec.power_mode,
-                                    accepted=str(exc).split("accepted: ")[-1], source=source) from None
+            devices[name] = _checked_device(dspec, name, i, source)
             if dspec.location:
                 locations[name] = dspec.location
             if dspec.address:
@@ -262,49 +272,93 @@ def cluster_from_dict(raw: Any, source: str = "<dict>") -> Cluster:
             if dspec.power_mode:
                 modes[name] = dspec.power_mode
             if dspec.zone:
-                if dspec.zone not in spec.zones:
-                    raise SpecError(field=f"devices[{i}] ({dspec.name}).zone", value=dspec.zone, source=source,
-                                    accepted=f"a zone declared under 'zones' ({', '.join(spec.zones) or 'none declared'})")
+                _check_zone(spec, dspec, i, source)
                 zones[name] = dspec.zone
+    return devices, locations, addresses, modes, zones
 
+
+def _checked_device(dspec: DeviceSpec, name: str, i: int, source: str) -> Device:
+    """One device, its numbers and power mode checked: errors from deep inside (unit parsing, Device's own
+    validation, the mode table) are re-raised with the device's place in the spec in front of the field."""
+    where = f"devices[{i}] ({dspec.name})"
+    try:
+        device = _build_device(dspec, name)
+    except SpecError as exc:
+        raise SpecError(field=f"{where}.{exc.field}", value=exc.value, accepted=exc.accepted,
+                        source=source) from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"])
+        raise SpecError(field=f"{where}.{field_name}", value=_shown(err.get("input")),
+                        accepted=err["msg"].removeprefix("Value error, "), source=source) from None
+    if dspec.power_mode is not None:
+        try:
+            device.mode(dspec.power_mode)
+        except ValueError as exc:
+            raise SpecError(field=f"{where}.power_mode", value=dspec.power_mode,
+                            accepted=str(exc).split("accepted: ")[-1], source=source) from None
+    return device
+
+
+def _check_zone(spec: ClusterSpec, dspec: DeviceSpec, i: int, source: str) -> None:
+    """A device's zone must be declared: the zone's link is what connects its members."""
+    if dspec.zone not in spec.zones:
+        raise SpecError(field=f"devices[{i}] ({dspec.name}).zone", value=dspec.zone, source=source,
+                        accepted=f"a zone declared under 'zones' ({', '.join(spec.zones) or 'none declared'})")
+
+
+def _check_media(spec: ClusterSpec, source: str) -> None:
+    """Every medium a link names must be declared: its capacity is what transfers on it share."""
     for medium_name in {l.medium for l in [*spec.links, *spec.zones.values(), spec.default_link] if l and l.medium}:
         if medium_name not in spec.media:
             raise SpecError(field="links.medium", value=medium_name, source=source,
                             accepted=f"a medium declared under 'media' ({', '.join(spec.media) or 'none declared'})")
 
+
+def _build_graph(spec: ClusterSpec, devices: dict[str, Device], zones: dict[str, str], source: str) -> nx.Graph:
+    """Links in order of precedence: the default link for every pair, then each zone's link among its
+    members, then explicit links; a later one replaces an earlier one on the same pair."""
     graph = nx.Graph()
     graph.add_nodes_from(devices)
     if spec.default_link:
         dl = Link(spec.default_link.bandwidth, spec.default_link.latency, spec.default_link.medium)
-        names = list(devices)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                graph.add_edge(a, b, link=dl)
+        _connect_all(graph, list(devices), dl)
     for zone, zspec in spec.zones.items():
         members = [n for n, z in zones.items() if z == zone]
-        zl = Link(zspec.bandwidth, zspec.latency, zspec.medium)
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                graph.add_edge(a, b, link=zl)
+        _connect_all(graph, members, Link(zspec.bandwidth, zspec.latency, zspec.medium))
     for i, lspec in enumerate(spec.links):
-        if lspec.between is None:
-            raise SpecError(field=f"links[{i}].between", value=None, source=source,
-                            accepted="two device names, e.g. [desktop, pi]")
-        for end in lspec.between:
-            if end not in devices:
-                raise SpecError(field=f"links[{i}].between", value=end, source=source,
-                                accepted=", ".join(devices))
-        if lspec.between[0] == lspec.between[1]:
-            raise SpecError(field=f"links[{i}].between", value=list(lspec.between), source=source,
-                            accepted="two different devices")
+        _check_link_ends(lspec, i, devices, source)
         graph.add_edge(*lspec.between, link=Link(lspec.bandwidth, lspec.latency, lspec.medium))
+    return graph
+
+
+def _connect_all(graph: nx.Graph, names: list[str], link: Link) -> None:
+    """One link object on every pair of `names` (a default link or a zone's)."""
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            graph.add_edge(a, b, link=link)
+
+
+def _check_link_ends(lspec: LinkSpec, i: int, devices: dict[str, Device], source: str) -> None:
+    """An explicit link needs two different, known devices: anything else is a typo worth naming."""
+    if lspec.between is None:
+        raise SpecError(field=f"links[{i}].between", value=None, source=source,
+                        accepted="two device names, e.g. [desktop, pi]")
+    for end in lspec.between:
+        if end not in devices:
+            raise SpecError(field=f"links[{i}].between", value=end, source=source,
+                            accepted=", ".join(devices))
+    if lspec.between[0] == lspec.between[1]:
+        raise SpecError(field=f"links[{i}].between", value=list(lspec.between), source=source,
+                        accepted="two different devices")
+
+
+def _check_connected(graph: nx.Graph, devices: dict[str, Device], source: str) -> None:
+    """Every device must reach every other: planners route transfers over the graph."""
     if len(devices) > 1 and not nx.is_connected(graph):
         isolated = [n for n in devices if graph.degree(n) == 0] or list(next(iter(nx.connected_components(graph))))
         raise SpecError(field="links", value=f"devices {isolated} unreachable", source=source,
                         accepted="links (or a default_link) connecting every device")
-    return Cluster(name=spec.name, devices=devices, graph=graph,
-                   media={k: v.bandwidth for k, v in spec.media.items()},
-                   locations=locations, addresses=addresses, power_modes=modes, zones=zones, source=source)
 
 
 def load_cluster(path: str | Path) -> Cluster:

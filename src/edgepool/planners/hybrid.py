@@ -173,66 +173,8 @@ def search(tables: Tables, order: list[str], batch: int, M: int, links: LinkCach
     small = N <= SMALL_N
     Q = min(L, N, max_stages or (N if small else MAX_STAGES_LARGE))
     mb = batch / M
-    cls = [tables.class_of[n] for n in order]
-    blocks: dict[int, list[tuple[int, np.ndarray, np.ndarray, dict]]] = {}
-    BW, LAT, CAP, MED = _link_matrices(order, links)
-    memo: dict[tuple, tuple] = {}
-    for k in range(N):
-        entries = []
-        worst_bw, worst_lat, worst_medium = INF, 0.0, None
-        last_g = 1
-        sizes = block_sizes(order, k, tables, tables.cluster, small)
-        for g in sizes:
-            for d in range(last_g, g):  # slowest link inside the block, grown incrementally
-                e = int(np.argmin(BW[k + d, k:k + d]))
-                if BW[k + d, k + e] < worst_bw:
-                    worst_bw, worst_medium = BW[k + d, k + e], MED[k + d][k + e]
-                worst_lat = max(worst_lat, float(LAT[k + d, k:k + d].max()))
-            last_g = max(last_g, g)
-            counts: dict[int, int] = {}
-            for c in cls[k:k + g]:
-                counts[c] = counts.get(c, 0) + 1
-            if k + g < N:
-                out = (float(BW[k:k + g, k + g].min()), float(LAT[k:k + g, k + g].max()),
-                       float(CAP[k:k + g, k + g].min()))
-            else:
-                out = None
-            inner_cap = tables.cluster.medium_capacity(worst_medium) if g > 1 else None
-            key = (tuple(sorted(counts.items())), g, worst_bw if g > 1 else 0, worst_lat if g > 1 else 0,
-                   inner_cap, out)
-            if key not in memo:  # blocks of the same make-up and links cost the same: compute once
-                memo[key] = _block_costs(tables, counts, g, mb, M, worst_bw, worst_lat, inner_cap, out)
-            total, qmax, share_by_class = memo[key]
-            entries.append((g, total, qmax, share_by_class))
-        blocks[k] = entries
-
-    # stack each start position's blocks so one vectorized step covers every block size g and end j
-    stacked = {}
-    for k, entries in blocks.items():
-        sizes = np.array([e[0] for e in entries])
-        stacked[k] = (sizes, np.stack([e[1] for e in entries]), np.stack([e[2] for e in entries]))
-    f_prev = np.full((L + 1, N + 1), INF, dtype=np.float32)
-    f_prev[L, :] = 0.0
-    rows = np.arange(L)
-    choices = []
-    best_per_q = []
-    for q in range(1, Q + 1):
-        q_eff = min(q, M)
-        f = np.full((L + 1, N + 1), INF, dtype=np.float32)
-        arg_g = np.zeros((L + 1, N + 1), dtype=int)
-        arg_j = np.zeros((L + 1, N + 1), dtype=int)
-        for k in range(N):
-            sizes, total, qmax = stacked[k]
-            nxt = f_prev[:, k + sizes].T[:, None, :]  # (G, 1, L + 1): f_{q-1}(j, k + g)
-            V = np.where(qmax >= q_eff, np.maximum(total, nxt), np.float32(INF))  # (G, L, L + 1)
-            flat = V.transpose(1, 0, 2).reshape(L, -1)
-            pick = np.argmin(flat, axis=1)
-            f[:L, k] = flat[rows, pick]
-            arg_g[:L, k] = sizes[pick // (L + 1)]
-            arg_j[:L, k] = pick % (L + 1)
-        choices.append((arg_g, arg_j))
-        best_per_q.append(f[0, 0])
-        f_prev = f
+    blocks = _costed_blocks(tables, order, mb, M, links, small)
+    best_per_q, choices = _run_dp(tables, blocks, N, Q, M)
     finite = [v for v in best_per_q if v < INF]
     if not finite:
         return []
@@ -241,17 +183,113 @@ def search(tables: Tables, order: list[str], batch: int, M: int, links: LinkCach
     for q0, value in enumerate(best_per_q, start=1):
         if not np.isfinite(value) or value > target:
             continue
-        stages, shares = [], []
-        i, k = 0, 0
-        for q in range(q0, 0, -1):
-            arg_g, arg_j = choices[q - 1]
-            g, j = int(arg_g[i, k]), int(arg_j[i, k])
-            entry = next(e for e in blocks[k] if e[0] == g)
-            stages.append(StageChoice(i, j, k, g))
-            shares.append([float(entry[3][tables.class_of[n]][i, j]) for n in order[k:k + g]])
-            i, k = j, k + g
-        results.append(DPResult(float(value), stages, shares))
+        results.append(_trace_back(tables, order, blocks, choices, q0, value))
     return results
+
+
+def _costed_blocks(tables: Tables, order: list[str], mb: float, M: int, links: LinkCache,
+                   small: bool) -> dict[int, list[tuple[int, np.ndarray, np.ndarray, dict]]]:
+    """For every start position k of the order, every block size g costed as a stage: (g, total, qmax,
+    share_by_class). One memo across start positions, since blocks of the same make-up and links cost the same."""
+    cls = [tables.class_of[n] for n in order]
+    matrices = _link_matrices(order, links)
+    memo: dict[tuple, tuple] = {}
+    return {k: _blocks_at(tables, order, cls, k, mb, M, small, matrices, memo) for k in range(len(order))}
+
+
+def _blocks_at(tables: Tables, order: list[str], cls: list[int], k: int, mb: float, M: int, small: bool,
+               matrices, memo: dict[tuple, tuple]) -> list[tuple[int, np.ndarray, np.ndarray, dict]]:
+    """The blocks starting at position k, smallest first, so the block's slowest inner link can be grown
+    incrementally from one size to the next instead of recomputed."""
+    BW, LAT, CAP, MED = matrices
+    N = len(order)
+    entries = []
+    worst_bw, worst_lat, worst_medium = INF, 0.0, None
+    last_g = 1
+    sizes = block_sizes(order, k, tables, tables.cluster, small)
+    for g in sizes:
+        for d in range(last_g, g):  # slowest link inside the block, grown incrementally
+            e = int(np.argmin(BW[k + d, k:k + d]))
+            if BW[k + d, k + e] < worst_bw:
+                worst_bw, worst_medium = BW[k + d, k + e], MED[k + d][k + e]
+            worst_lat = max(worst_lat, float(LAT[k + d, k:k + d].max()))
+        last_g = max(last_g, g)
+        counts: dict[int, int] = {}
+        for c in cls[k:k + g]:
+            counts[c] = counts.get(c, 0) + 1
+        out = _cut_after(BW, LAT, CAP, k, g, N)
+        inner_cap = tables.cluster.medium_capacity(worst_medium) if g > 1 else None
+        key = (tuple(sorted(counts.items())), g, worst_bw if g > 1 else 0, worst_lat if g > 1 else 0,
+               inner_cap, out)
+        if key not in memo:  # blocks of the same make-up and links cost the same: compute once
+            memo[key] = _block_costs(tables, counts, g, mb, M, worst_bw, worst_lat, inner_cap, out)
+        total, qmax, share_by_class = memo[key]
+        entries.append((g, total, qmax, share_by_class))
+    return entries
+
+
+def _cut_after(BW: np.ndarray, LAT: np.ndarray, CAP: np.ndarray, k: int, g: int,
+               N: int) -> tuple[float, float, float] | None:
+    """The link from the block [k, k + g) to the next device of the order (bandwidth, latency, medium capacity),
+    which the stage's activations cross; None for a block that ends the order."""
+    if k + g < N:
+        return (float(BW[k:k + g, k + g].min()), float(LAT[k:k + g, k + g].max()),
+                float(CAP[k:k + g, k + g].min()))
+    return None
+
+
+def _run_dp(tables: Tables, blocks: dict[int, list], N: int, Q: int, M: int):
+    """The recurrence f_q for q = 1 .. Q: each step's best value f_q(0, 0) and its argmins (for the trace back)."""
+    L = tables.L
+    # stack each start position's blocks so one vectorized step covers every block size g and end j
+    stacked = {}
+    for k, entries in blocks.items():
+        sizes = np.array([e[0] for e in entries])
+        stacked[k] = (sizes, np.stack([e[1] for e in entries]), np.stack([e[2] for e in entries]))
+    f_prev = np.full((L + 1, N + 1), INF, dtype=np.float32)
+    f_prev[L, :] = 0.0
+    choices = []
+    best_per_q = []
+    for q in range(1, Q + 1):
+        f, arg_g, arg_j = _dp_step(stacked, f_prev, min(q, M), L, N)
+        choices.append((arg_g, arg_j))
+        best_per_q.append(f[0, 0])
+        f_prev = f
+    return best_per_q, choices
+
+
+def _dp_step(stacked: dict, f_prev: np.ndarray, q_eff: int, L: int, N: int):
+    """One step f_{q-1} -> f_q, vectorized over block size and end layer for each start position; a block is
+    allowed only where it fits q_eff micro-batches in flight."""
+    rows = np.arange(L)
+    f = np.full((L + 1, N + 1), INF, dtype=np.float32)
+    arg_g = np.zeros((L + 1, N + 1), dtype=int)
+    arg_j = np.zeros((L + 1, N + 1), dtype=int)
+    for k in range(N):
+        sizes, total, qmax = stacked[k]
+        nxt = f_prev[:, k + sizes].T[:, None, :]  # (G, 1, L + 1): f_{q-1}(j, k + g)
+        V = np.where(qmax >= q_eff, np.maximum(total, nxt), np.float32(INF))  # (G, L, L + 1)
+        flat = V.transpose(1, 0, 2).reshape(L, -1)
+        pick = np.argmin(flat, axis=1)
+        f[:L, k] = flat[rows, pick]
+        arg_g[:L, k] = sizes[pick // (L + 1)]
+        arg_j[:L, k] = pick % (L + 1)
+    return f, arg_g, arg_j
+
+
+def _trace_back(tables: Tables, order: list[str], blocks: dict[int, list], choices: list, q0: int,
+                value) -> DPResult:
+    """The stages of the q0-stage optimum, read back from the argmins, with each device's DP share."""
+    stages, shares = [], []
+    i, k = 0, 0
+    for q in range(q0, 0, -1):
+        arg_g, arg_j = choices[q - 1]
+        g, j = int(arg_g[i, k]), int(arg_j[i, k])
+        entry = next(e for e in blocks[k] if e[0] == g)
+        stages.append(StageChoice(i, j, k, g))
+        shares.append([float(entry[3][tables.class_of[n]][i, j]) for n in order[k:k + g]])
+        i, k = j, k + g
+    return DPResult(float(value), stages, shares)
 
 
 def _block_costs(tables: Tables, counts: dict[int, int], g: int, mb: float, M: int, worst_bw: float,
@@ -333,6 +371,25 @@ def device_orders(cluster: Cluster, cost_model: CostModel, devices: list[str]) -
         if by_memory not in orders:
             orders.append(by_memory)
     return orders
+
+
+def _replay_shortlist(feasible: list, must, replay, top: int, band: float, most: int) -> list[tuple[float, tuple]]:
+    """(replayed throughput, candidate) for the shortlist: the `top` distinct plans by estimate, then others
+    while within `band` of the best estimate (at most `most`), then `must` not yet seen. Replays are the
+    expensive part, so a plan whose pipelines and micro-batches match one already replayed is skipped."""
+    seen: set[str] = set()
+    scored = []
+    for c in feasible:
+        key = c[0].model_dump_json(include={"pipelines", "microbatches"})
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(scored) >= top and (c[1].throughput < band * feasible[0][1].throughput or len(scored) >= most):
+            break
+        scored.append((replay(c), c))
+    scored += [(replay(c), c) for c in must
+               if c[1].feasible and c[0].model_dump_json(include={"pipelines", "microbatches"}) not in seen]
+    return scored
 
 
 class HybridPlanner:
@@ -417,25 +474,19 @@ class HybridPlanner:
         feasible = sorted((c for c in candidates if c[1].feasible), key=lambda c: -c[1].throughput)
         if not feasible:
             return min(candidates, key=lambda c: -c[1].headroom, default=None)
-        seen: set[str] = set()
 
         def replay(c) -> float:
             return simulate(c[0], cluster, cost_model, profile).throughput or 0.0
 
-        scored = []
-        for c in feasible:
-            key = c[0].model_dump_json(include={"pipelines", "microbatches"})
-            if key in seen:
-                continue
-            seen.add(key)
-            if len(scored) >= top and (c[1].throughput < band * feasible[0][1].throughput or len(scored) >= most):
-                break
-            scored.append((replay(c), c))
-        scored += [(replay(c), c) for c in must
-                   if c[1].feasible and c[0].model_dump_json(include={"pipelines", "microbatches"}) not in seen]
+        scored = _replay_shortlist(feasible, must, replay, top, band, most)
         best_tp, best = max(scored, key=lambda t: t[0])
         if not small or len(best[0].pipelines) > 1:
             return best
+        return self._nudge_cuts(profile, cluster, cost_model, best, best_tp, replay, moves)
+
+    def _nudge_cuts(self, profile, cluster, cost_model, best, best_tp: float, replay, moves: int):
+        """Move the winner's cuts one layer at a time, keeping the first move the replay prefers, until none
+        helps or `moves` candidates were tried: the DP's cuts are optimal for its closed form, not the replay."""
         tried = 0
         improved = True
         while improved and tried < moves:
@@ -447,18 +498,7 @@ class HybridPlanner:
                     cut = stages[b].layers[1] + step
                     if not stages[b].layers[0] < cut < stages[b + 1].layers[1]:
                         continue
-                    new = []
-                    for k, st in enumerate(stages):
-                        lo, hi = st.layers
-                        if k == b:
-                            hi = cut
-                        if k == b + 1:
-                            lo = cut
-                        shares = st.shares if (lo, hi) == st.layers else proportional_shares(
-                            profile, cost_model, cluster, st.devices, lo, hi, plan.batch / plan.microbatches)
-                        new.append(StagePlan(layers=(lo, hi), devices=st.devices, shares=shares))
-                    cand = make_plan(self.name, profile, cluster, cost_model, plan.batch, plan.microbatches,
-                                     [PipelinePlan(stages=new)], notes=plan.notes)
+                    cand = self._with_cut(profile, cluster, cost_model, plan, b, cut)
                     tried += 1
                     if cand[1].feasible:
                         tp = replay(cand)
@@ -468,6 +508,22 @@ class HybridPlanner:
                 if improved or tried >= moves:
                     break
         return best
+
+    def _with_cut(self, profile, cluster, cost_model, plan, b: int, cut: int):
+        """The plan with the cut between stages b and b + 1 moved to layer `cut`; only the two stages that
+        changed get new shares (the others keep theirs), costed as a candidate (plan, estimate)."""
+        new = []
+        for k, st in enumerate(plan.stages):
+            lo, hi = st.layers
+            if k == b:
+                hi = cut
+            if k == b + 1:
+                lo = cut
+            shares = st.shares if (lo, hi) == st.layers else proportional_shares(
+                profile, cost_model, cluster, st.devices, lo, hi, plan.batch / plan.microbatches)
+            new.append(StagePlan(layers=(lo, hi), devices=st.devices, shares=shares))
+        return make_plan(self.name, profile, cluster, cost_model, plan.batch, plan.microbatches,
+                         [PipelinePlan(stages=new)], notes=plan.notes)
 
     def _best_for(self, profile, cluster, cost_model, batch, M, order, tables, links, constraints):
         """The DP's optimum for each stage count, as plans (DP shares and refined shares), best first."""
