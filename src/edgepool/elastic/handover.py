@@ -8,7 +8,7 @@ as a replica, on the ring successor of each (`replica.py`), so a dead device's b
 from __future__ import annotations
 
 from edgepool.cluster import Cluster
-from edgepool.costmodel import CostModel
+from edgepool.costmodel import OPTIMIZER_STATE, CostModel
 from edgepool.network import LinkCache, transfers_time
 from edgepool.plan import Plan
 from edgepool.profile import ModelProfile
@@ -55,8 +55,7 @@ def block_transfers(old: Plan | None, new: Plan, sources: dict[int, str], batch:
 def state_bytes(profile: ModelProfile, start: int, end: int, cost_model: CostModel) -> float:
     """Weights plus optimizer state of blocks [start, end) (the cost model's optimizer multiplier)."""
     weights = sum(layer.param_bytes for layer in profile.layers[start:end])
-    factor = {"sgd": 1.0, "sgd-momentum": 2.0, "adam": 3.0, "adamw": 3.0}.get(getattr(cost_model, "optimizer", "sgd"), 1.0)
-    return weights * factor
+    return weights * (1.0 + OPTIMIZER_STATE[cost_model.optimizer])  # the weights' bytes again per state slot
 
 
 def transfer_seconds(old: Plan, new: Plan, profile: ModelProfile, cluster: Cluster, cost_model: CostModel,

@@ -52,7 +52,7 @@ from edgepool.elastic.strategy import Failure, Join, PipelineReplay, RecoveryFai
 from edgepool.errors import SpecError
 from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec
-from edgepool.runtime.harness import read_results, worker_argv, write_job
+from edgepool.runtime.harness import describe_launcher, read_results, worker_argv, write_job
 from edgepool.runtime.launch import LAUNCHERS
 
 WORKER = "edgepool.elastic.worker"
@@ -415,9 +415,8 @@ class ElasticRun:
             if ev["kind"] == "failure":
                 g_next = ev["generation"] + 1
                 ev["after"] = [{"step": s, "time": t} for s, t in self._gen_completions(g_next).items()]
-        describe = getattr(self.launcher, "describe", None)
         return ElasticOutcome(self.mode, self.out, self.plans, self.events, completions, results, state,
-                              self._sample_accounting(), self.t_start, describe() if describe else {})
+                              self._sample_accounting(), self.t_start, describe_launcher(self.launcher))
 
     def _gen_completions(self, g: int) -> dict[int, float]:
         if g >= len(self.plans):

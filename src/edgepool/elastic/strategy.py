@@ -128,9 +128,6 @@ class RecoveryStrategy(ABC):
     def simulate_failure(self, failure: SimulatedFailure) -> SimulatedRecovery:
         """The recovery's cost in the simulator."""
 
-    def describe(self) -> str:
-        return self.name
-
 
 @dataclass
 class PipelineReplay(RecoveryStrategy):
@@ -152,9 +149,6 @@ class PipelineReplay(RecoveryStrategy):
         move_s = transfer_seconds(f.old, f.new, f.profile, f.cluster, f.cost_model, f.alive)
         return SimulatedRecovery(f.detection_s + f.plan_s + move_s, f.step, 1,
                                  {"detection_s": f.detection_s, "plan_s": f.plan_s, "state_transfer_s": move_s})
-
-    def describe(self) -> str:
-        return "pipeline replay from in-memory replicas"
 
 
 @dataclass
@@ -185,9 +179,6 @@ class CheckpointRestart(RecoveryStrategy):
         return SimulatedRecovery(f.detection_s + f.plan_s + self.restart_s + load_s, last, redo,
                                  {"detection_s": f.detection_s, "plan_s": f.plan_s, "restart_s": self.restart_s,
                                   "load_s": load_s, "iterations_redone": redo - 1})
-
-    def describe(self) -> str:
-        return f"checkpoint restart (every {self.checkpoint_every} iterations)"
 
 
 STRATEGIES: dict[str, type[RecoveryStrategy]] = {"replay": PipelineReplay, "checkpoint": CheckpointRestart}

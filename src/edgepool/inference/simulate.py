@@ -102,10 +102,12 @@ def _cpu_scale(cost: CostModel, comm: CommCosts, device) -> float:
 
 
 def stage_times(plan: Plan, stage_index: int, profile: ModelProfile, cluster: Cluster, cost: CostModel,
-                shape: RequestShape, tiles: int, comm: CommCosts | None = None) -> dict[str, float]:
-    """compute_s, comm_s and total_s of one stage (without the hand-off from the previous stage)."""
+                shape: RequestShape, tiles: int, comm: CommCosts | None = None,
+                links: LinkCache | None = None) -> dict[str, float]:
+    """compute_s, comm_s and total_s of one stage (without the hand-off from the previous stage); `links`: the
+    caller's cache when it prices several stages of one cluster."""
     comm = comm or CommCosts()
-    links = LinkCache(cluster)
+    links = links or LinkCache(cluster)
     stage = plan.stages[stage_index]
     devices = [cluster.devices[d] for d in stage.devices]
     num_blocks = len(profile.layers)
@@ -189,7 +191,7 @@ def simulate_inference(plan: Plan, profile: ModelProfile, cluster: Cluster, cost
             hop = _pair_phase(links, {(plan.stages[s - 1].devices[0], stage.devices[0]): shape.seq * rb}) + comm.hop_s
             timeline.append(TimelineEvent(device=stage.devices[0], kind="recv", start=clock, end=clock + hop, stage=s))
             clock += hop
-        times = stage_times(plan, s, profile, cluster, cost, shape, tiles, comm)
+        times = stage_times(plan, s, profile, cluster, cost, shape, tiles, comm, links)
         for d in stage.devices:
             timeline.append(TimelineEvent(device=d, kind="fwd", start=clock, end=clock + times["total_s"], stage=s))
         clock += times["total_s"]

@@ -87,7 +87,7 @@ def _load_spec(folders: list[Path], spec_file: str | Path | None) -> WorkerSpec:
     if path is None:
         raise WorkerSpecNotFound(candidates[0], given=bool(spec_file))
     try:
-        return WorkerSpec(**json.loads(path.read_text()))
+        return WorkerSpec.load(path)
     except (OSError, ValueError, TypeError) as exc:
         raise SpecError(field="spec_file", value=str(path), accepted="a worker spec JSON written by edgepool",
                         hint=str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

@@ -13,6 +13,7 @@ it uses the pieces: `write_job`, `worker_argv` and `read_results`.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +41,11 @@ class WorkerJob:
         folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=prefix))
         folder.mkdir(parents=True, exist_ok=True)
         return cls(folder, write_job(payload, folder, name))
+
+    def discard(self) -> None:
+        """Remove the folder once its results are read (a probe's); a failed job never gets here, so its
+        folder stays, with the workers' logs."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def write_job(payload: dict, folder: str | Path, name: str = JOB_NAME) -> Path:

@@ -6,12 +6,32 @@ and no way to change the scheduler's queues or block tables behind its back.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edgepool.serving.request import Request
 
 if TYPE_CHECKING:
     from edgepool.serving.scheduler import Scheduler
+
+
+class ReadOnlyQueue(Sequence):
+    """A scheduler queue as policies see it: indexable and iterable, never copied (policies read the queue
+    head every admission), and with no way to change it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items):
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        return self._items[index]
+
+    def __iter__(self):
+        return iter(self._items)
 
 
 class SchedulerView:
@@ -24,13 +44,13 @@ class SchedulerView:
 
     # --- queues ------------------------------------------------------------------------------
     @property
-    def waiting(self) -> tuple[Request, ...]:
+    def waiting(self) -> ReadOnlyQueue:
         """Queued requests, front first (requests preempted by recompute go back to the front)."""
-        return tuple(self._scheduler.waiting)
+        return ReadOnlyQueue(self._scheduler.waiting)
 
     @property
-    def running(self) -> tuple[Request, ...]:
-        return tuple(self._scheduler.running)
+    def running(self) -> ReadOnlyQueue:
+        return ReadOnlyQueue(self._scheduler.running)
 
     # --- KV cache ----------------------------------------------------------------------------
     @property

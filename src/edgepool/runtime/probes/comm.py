@@ -19,12 +19,12 @@ them by a device's fraction of such a core. Wall latencies are used as they were
 """
 from __future__ import annotations
 
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from edgepool.runtime.harness import WorkerJob, run_workers
+from edgepool.runtime.launch import started_launcher
 
 WORKER = "edgepool.runtime.probes.comm_worker"
 
@@ -106,6 +106,7 @@ def probe_comm(launcher, devices: list[str], hidden: int, rows: int, core_flops:
     job = WorkerJob.create({"probe": "collectives", "hidden": hidden, "rows": rows, "repeats": repeats,
                             "timeout_s": int(timeout_s)}, prefix="edgepool-comm-probe-")
     ranks = run_workers(launcher, WORKER, job, devices, timeout_s)
+    job.discard()
     return fit_comm_costs(ranks, core_flops, source or "measured by runtime.probes.comm"), ranks
 
 
@@ -113,14 +114,9 @@ def measure_message_cpu_s(nbytes: int, rounds: int = 100, timeout_s: float = 60.
                           devices: Sequence[str] = ("sender", "receiver")) -> float:
     """CPU seconds per message (send or receive) of `nbytes`, the mean of both sides; on two local processes
     unless a started `launcher` (and two of its `devices`) is given."""
-    from edgepool.testbed.launcher import LocalLauncher
-
     job = WorkerJob.create({"probe": "message", "nbytes": max(int(nbytes), 4), "rounds": rounds,
                             "timeout_s": int(timeout_s)}, prefix="edgepool-message-probe-")
-    if launcher is None:
-        with LocalLauncher() as local:
-            sides = run_workers(local, WORKER, job, list(devices), timeout_s)
-    else:
-        sides = run_workers(launcher, WORKER, job, list(devices), timeout_s)
-    shutil.rmtree(job.folder, ignore_errors=True)  # kept, with the logs, when the probe failed
+    with started_launcher(launcher or "local", None) as workers:
+        sides = run_workers(workers, WORKER, job, list(devices), timeout_s)
+    job.discard()
     return sum(side["message_cpu_s"] for side in sides) / 2

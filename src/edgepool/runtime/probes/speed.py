@@ -15,7 +15,6 @@ every one has built its model: a device that measured while the others still imp
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def measure_quota_efficiency(testbed, model, batch: int, seq: int | None, target
     finally:
         for device, quota in quotas_before.items():  # a deferred quota is off until a worker's set-up is done
             testbed.cgroups[device].quota_file.write_text(quota.strip())
-    shutil.rmtree(job.folder, ignore_errors=True)  # kept, with the logs, when the probe failed
+    job.discard()
     measured = {device: side["seconds_per_pass"] for device, side in zip(cores, sides)}
     return {d: min(1.0, free_core.seconds / (measured[d] * cores[d])) for d in cores}
 
