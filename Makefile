@@ -10,6 +10,8 @@ BIN    := $(VENV)/bin
 LOCK   := .ci/requirements.lock
 # What the lock must keep that pyproject.toml cannot say: the CPU build of PyTorch (no CUDA packages).
 LOCK_CONSTRAINTS := .ci/constraints.txt
+# Weights-only packages installed with --no-deps after `pip check` (their declared dependencies are never used).
+NODEPS := .ci/assets-nodeps.txt
 PIP_VERSION := 26.3
 PIP_TOOLS   := pip-tools==7.6.2
 STAMP  := $(VENV)/.installed
@@ -20,12 +22,13 @@ LOCKER := .venv-lock
 
 # A fresh venv each time the lock or pyproject.toml changes, so nothing outside the lock survives in it;
 # `pip check` then fails if the lock misses a dependency that pyproject.toml asks for.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(NODEPS)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install pip==$(PIP_VERSION)
 	$(BIN)/pip install -r $(LOCK)
 	$(BIN)/pip install --no-deps -e .
 	$(BIN)/pip check
+	$(BIN)/pip install --no-deps -r $(NODEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +50,7 @@ test-latest:
 	grep -E '^torch==' $(LOCK) > $(LATEST)/torch-constraint.txt
 	$(LATEST)/bin/pip install --upgrade -c $(LATEST)/torch-constraint.txt -e '.[dev]'
 	$(LATEST)/bin/pip check
+	$(LATEST)/bin/pip install --no-deps -r $(NODEPS)
 	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|peft|numpy|pydantic|typer|fastapi)=='
 	$(LATEST)/bin/python -m pytest -q -m "not slow"
 
