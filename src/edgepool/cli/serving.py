@@ -9,44 +9,56 @@ from edgepool.errors import SpecError
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        model: str = typer.Option("llama-small", help="llama-tiny, llama-small or llama-base (random weights)."),
-        policy: str = typer.Option("padding-cost", help="vllm, max-reserve, padding, padding-cost, padding-cost-fcfs."),
+        model: str = typer.Option("smollm2-135m-instruct", help="A Hugging Face folder, a .gguf file, or a short "
+                                  "name (smollm2-135m-instruct); llama-tiny, llama-small, llama-base are "
+                                  "random-weight models for timing only."),
+        cluster: str = typer.Option(None, "--cluster", help="Serve across this cluster's devices (a name or "
+                                    "YAML file); without it, this process serves alone."),
+        launcher: str = typer.Option("local", "--launcher", help="local | testbed: how the devices' processes "
+                                     "start (testbed: emulated CPU speeds, memory and links; needs root)."),
+        requests: int = typer.Option(16, "--concurrent", help="Concurrent requests the pool is planned for."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+        policy: str = typer.Option("vllm", help="vllm, max-reserve, padding, padding-cost, padding-cost-fcfs."),
         host: str = typer.Option("127.0.0.1"),
         port: int = typer.Option(8000),
-        kv_blocks: int = typer.Option(256, help="KV-cache blocks on the device."),
+        kv_blocks: int = typer.Option(256, help="KV-cache blocks (one process; a pool sizes them from memory)."),
         block_size: int = typer.Option(16, help="Tokens per block."),
-        host_blocks: int = typer.Option(256, help="Blocks in the bounded host swap pool."),
         max_batch_requests: int = typer.Option(32),
         max_waiting: int = typer.Option(256, help="Queue length beyond which requests get 503."),
-        threads: int = typer.Option(1, help="torch CPU threads."),
+        threads: int = typer.Option(1, help="torch CPU threads (per process)."),
     ) -> None:
-        """Serve /v1/completions (streaming with "stream": true) with the chosen KV-cache policy."""
+        """Serve an LLM over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models, /health),
+        in this process or across a cluster's devices."""
         import torch
         import uvicorn
 
         from edgepool.serving.api import create_app
-        from edgepool.serving.engine import Engine, EngineConfig
-        from edgepool.serving.policies import make_policy
-        from edgepool.serving.predictor import train_predictor
+        from edgepool.serving.engine import MODEL_CONFIGS
 
         torch.set_num_threads(threads)
-        predictor = None
-        try:
-            uses_predictor = make_policy(policy).uses_predictor
-        except SpecError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        if uses_predictor:
-            typer.echo("training the length predictor on an Alpaca-like synthetic trace ...", err=True)
-            predictor, accuracy = train_predictor("alpaca")
-            typer.echo(f"predictor held-out accuracy: {accuracy.as_dict()}", err=True)
-        config = EngineConfig(model=model, policy=policy, num_blocks=kv_blocks, block_size=block_size,
-                              num_host_blocks=host_blocks, max_batch_requests=max_batch_requests,
-                              max_batch_tokens=kv_blocks * block_size, max_waiting=max_waiting)
-        engine = Engine(config, predictor=predictor)
-        typer.echo(f"serving {model} with policy {engine.policy.name}: {kv_blocks} KV blocks of {block_size} tokens, "
-                   f"{host_blocks} host blocks, on http://{host}:{port}/v1/completions", err=True)
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+        if model in MODEL_CONFIGS:
+            if cluster:
+                raise SpecError(field="--model", value=model, accepted="a real checkpoint with --cluster",
+                                hint="random-weight zoo models are served by one process only")
+            engine = _zoo_engine(model, policy, kv_blocks, block_size, max_batch_requests, max_waiting)
+            typer.echo(f"serving {model} (RANDOM weights: for timing, not prose) on http://{host}:{port}/v1", err=True)
+            uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+            return
+        from edgepool.llm.checkpoint import resolve_checkpoint
+        from edgepool.llm.service import local_engine
+
+        checkpoint = resolve_checkpoint(model)
+        options = dict(policy=policy, block_size=block_size, max_batch_requests=max_batch_requests,
+                       max_waiting=max_waiting)
+        if not cluster:
+            if dry_run:
+                typer.echo(f"{checkpoint.name} ({checkpoint.source}) in this process")
+                return
+            engine = local_engine(checkpoint, num_blocks=kv_blocks, **options)
+            typer.echo(f"serving {checkpoint.name} in this process on http://{host}:{port}/v1", err=True)
+            uvicorn.run(create_app(engine, checkpoint.name), host=host, port=port, log_level="info")
+            return
+        _serve_pool(checkpoint, cluster, launcher, requests, dry_run, host, port, threads, options)
 
     @app.command("serve-sim")
     def serve_sim(
@@ -98,3 +110,67 @@ def register(app: typer.Typer) -> None:
             table.add_row(name, *(f"{figures[c]:.3g}" if isinstance(figures[c], float) else str(figures[c])
                                   for c in columns))
         Console().print(table)
+
+
+def _zoo_engine(model: str, policy: str, kv_blocks: int, block_size: int, max_batch_requests: int,
+                max_waiting: int):
+    from edgepool.serving.engine import Engine, EngineConfig
+    from edgepool.serving.policies import make_policy
+    from edgepool.serving.predictor import train_predictor
+
+    predictor = None
+    if make_policy(policy).uses_predictor:
+        typer.echo("training the length predictor on an Alpaca-like synthetic trace ...", err=True)
+        predictor, accuracy = train_predictor("alpaca")
+        typer.echo(f"predictor held-out accuracy: {accuracy.as_dict()}", err=True)
+    config = EngineConfig(model=model, policy=policy, num_blocks=kv_blocks, block_size=block_size,
+                          num_host_blocks=kv_blocks, max_batch_requests=max_batch_requests,
+                          max_batch_tokens=kv_blocks * block_size, max_waiting=max_waiting)
+    return Engine(config, predictor=predictor)
+
+
+def _serve_pool(checkpoint, cluster_name: str, launcher_kind: str, requests: int, dry_run: bool, host: str,
+                port: int, threads: int, options: dict) -> None:
+    """Plan the pool, print the plan and its predictions, then serve through its stages until stopped."""
+    import uvicorn
+
+    from edgepool.cluster import load_cluster
+    from edgepool.llm.planner import LLMWorkload, plan_llm
+    from edgepool.llm.service import planning_view, pooled_engine
+    from edgepool.runtime.launch import make_run_launcher
+    from edgepool.serving.api import create_app
+
+    spec = load_cluster(cluster_name)
+    workload = LLMWorkload(requests=requests)
+    with make_run_launcher(launcher_kind, spec) as launcher:
+        profile, planned, basis = planning_view(checkpoint, spec, launcher)
+        plan = plan_llm(profile, planned, workload)
+        _print_plan(plan, basis)
+        if not plan.feasible:
+            raise typer.Exit(2)
+        if dry_run:
+            return
+        engine = pooled_engine(checkpoint, profile, planned, plan, launcher, workload=workload,
+                               threads={d: threads for d in planned.devices}, **options)
+        try:
+            typer.echo(f"serving {checkpoint.name} on {', '.join(engine.executor.devices)} "
+                       f"({engine.blocks.num_blocks} KV blocks) at http://{host}:{port}/v1", err=True)
+            uvicorn.run(create_app(engine, checkpoint.name), host=host, port=port, log_level="info")
+        finally:
+            engine.executor.close()
+
+
+def _print_plan(plan, basis: str) -> None:
+    from edgepool.llm.planner import stage_layer_ranges
+
+    if not plan.feasible:
+        typer.echo(f"INFEASIBLE: {plan.infeasible_reason}")
+        return
+    p = plan.predicted
+    for stage, (a, b) in zip(plan.stages, stage_layer_ranges(plan)):
+        typer.echo(f"  {stage.devices[0]:<20} layers {a}-{b - 1} ({b - a})")
+    typer.echo(f"predicted (simulated; {basis}): {p['tokens_per_s']:.1f} tokens/s for "
+               f"{plan.notes['workload']['requests']} concurrent requests, {p['single_stream_tokens_per_s']:.1f} "
+               f"tokens/s for one stream, time to first token {p['ttft_s'] * 1e3:.0f} ms")
+    for device, why in plan.notes.get("left_out", {}).items():
+        typer.echo(f"  left out {device}: {why}")

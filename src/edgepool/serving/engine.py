@@ -81,29 +81,33 @@ class PagedBatch:
 
 
 class PagedKVCache:
-    """Per layer, K and V for `num_blocks * block_size` token slots, plus a bounded host pool."""
+    """Per layer, K and V for `num_blocks * block_size` token slots, plus a bounded host pool.
+
+    `layers`: the model layers this process holds (a pipeline stage); K/V are kept for those only, indexed
+    by the layer's own index in the whole model (the `layer_idx` the attention sees)."""
 
     def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int, num_host_blocks: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, layers: range | None = None):
         heads = config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         shape = (num_blocks * block_size, heads, head_dim)
         host_shape = (max(num_host_blocks, 1) * block_size, heads, head_dim)
         self.block_size = block_size
-        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.host_k = [torch.zeros(host_shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.host_v = [torch.zeros(host_shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.bytes_per_block = 2 * config.num_hidden_layers * block_size * heads * head_dim * self.k[0].element_size()
+        self.layers = layers if layers is not None else range(config.num_hidden_layers)
+        self.k = {i: torch.zeros(shape, dtype=dtype) for i in self.layers}
+        self.v = {i: torch.zeros(shape, dtype=dtype) for i in self.layers}
+        self.host_k = {i: torch.zeros(host_shape, dtype=dtype) for i in self.layers}
+        self.host_v = {i: torch.zeros(host_shape, dtype=dtype) for i in self.layers}
+        self.bytes_per_block = kv_bytes_per_block(config, block_size, len(self.layers), dtype)
 
-    def _copy(self, pairs: list[tuple[int, int]], src: list[torch.Tensor], dst: list[torch.Tensor]) -> None:
+    def _copy(self, pairs: list[tuple[int, int]], src: dict[int, torch.Tensor], dst: dict[int, torch.Tensor]) -> None:
         if not pairs:
             return
         bs = self.block_size
         src_idx = torch.tensor([s * bs + o for s, _ in pairs for o in range(bs)])
         dst_idx = torch.tensor([d * bs + o for _, d in pairs for o in range(bs)])
-        for s_layer, d_layer in zip(src, dst):
-            d_layer.index_copy_(0, dst_idx, s_layer.index_select(0, src_idx))
+        for layer in self.layers:
+            dst[layer].index_copy_(0, dst_idx, src[layer].index_select(0, src_idx))
 
     def swap_out(self, pairs: list[tuple[int, int]]) -> None:
         self._copy(pairs, self.k, self.host_k)
@@ -112,6 +116,12 @@ class PagedKVCache:
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         self._copy(pairs, self.host_k, self.k)
         self._copy(pairs, self.host_v, self.v)
+
+
+def kv_bytes_per_block(config: LlamaConfig, block_size: int, num_layers: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V for one block of `block_size` tokens over `num_layers` layers."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * num_layers * block_size * config.num_key_value_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, paged=None, **kwargs):
@@ -155,16 +165,65 @@ class MeasuredStepCost:
         return self.per_block_copy_s * num_blocks
 
 
+@dataclass
+class StepInputs:
+    """One forward pass's inputs for a list of requests, as plain lists (they travel to pipeline stages).
+
+    Tokens of all requests are packed in one row: request i's new tokens are `ids[start:start+length]` at
+    positions `first_pos..`, written to `slots` and attending over `kv_slots` (its positions 0..end)."""
+
+    ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    segments: list[tuple[int, int, int, list[int]]]   # (start, length, first position, kv slots)
+    last: list[int]                                    # index in the row of each request's last token
+    sampling: list[tuple[float, int | None, int]]      # (temperature, seed, tokens generated so far)
+
+    def paged(self, cache: "PagedKVCache") -> PagedBatch:
+        return PagedBatch(cache, torch.tensor(self.slots),
+                          [(a, n, p, torch.tensor(kv)) for a, n, p, kv in self.segments])
+
+
+def step_inputs(requests: list[Request], blocks: BlockManager) -> StepInputs:
+    """Where each request's uncomputed tokens go in the block pool (tables from the block manager)."""
+    bs = blocks.block_size
+
+    def slots(request_id: str, start: int, end: int) -> list[int]:
+        table = blocks.table(request_id)
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    inputs = StepInputs([], [], [], [], [], [])
+    for request in requests:
+        start, end = request.num_computed, request.total_tokens
+        inputs.ids.extend(request.input_ids_to_compute())
+        inputs.positions.extend(range(start, end))
+        inputs.slots.extend(slots(request.request_id, start, end))
+        inputs.segments.append((len(inputs.ids) - (end - start), end - start, start, slots(request.request_id, 0, end)))
+        inputs.last.append(len(inputs.ids) - 1)
+        inputs.sampling.append((request.temperature, request.seed, request.num_generated))
+    return inputs
+
+
+def sample_token(logits: torch.Tensor, temperature: float, seed: int | None, position: int) -> int:
+    """Greedy at temperature 0; else seeded per (request, position): a recomputed request resamples the same."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    generator = torch.Generator().manual_seed((seed or 0) * 1_000_003 + position)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_tokens(logits: torch.Tensor, inputs: StepInputs) -> list[int]:
+    """One token per request from its row of `logits` (requests in the order of `inputs`)."""
+    return [sample_token(logits[i], t, seed, n) for i, (t, seed, n) in enumerate(inputs.sampling)]
+
+
 class ModelExecutor:
-    """Runs a `StepPlan`: block copies for swaps, then one forward pass over every scheduled request."""
+    """Runs a `StepPlan` in this process: block copies for swaps, then one forward pass over every request."""
 
     def __init__(self, model: LlamaForCausalLM, blocks: BlockManager, dtype: torch.dtype = torch.float32):
         self.model, self.blocks = model, blocks
         self.cache = PagedKVCache(model.config, blocks.num_blocks, blocks.block_size, blocks.num_host_blocks, dtype)
-
-    def _slots(self, request_id: str, start: int, end: int) -> list[int]:
-        table, bs = self.blocks.table(request_id), self.blocks.block_size
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> dict[str, int]:
@@ -172,29 +231,11 @@ class ModelExecutor:
         self.cache.swap_in(plan.swap_in)
         if not plan.batch:
             return {}
-        ids, positions, slots, segments, last = [], [], [], [], []
-        for request in plan.batch:
-            start, end = request.num_computed, request.total_tokens
-            ids.extend(request.input_ids_to_compute())
-            positions.extend(range(start, end))
-            slots.extend(self._slots(request.request_id, start, end))
-            segments.append((len(ids) - (end - start), end - start, start,
-                             torch.tensor(self._slots(request.request_id, 0, end))))
-            last.append(len(ids) - 1)
-        batch = PagedBatch(self.cache, torch.tensor(slots), segments)
-        hidden = self.model.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]),
-                                  paged=batch, use_cache=False).last_hidden_state
-        logits = self.model.lm_head(hidden[0, last]).float()
-        return {r.request_id: self._sample(r, logits[i]) for i, r in enumerate(plan.batch)}
-
-    @staticmethod
-    def _sample(request: Request, logits: torch.Tensor) -> int:
-        if request.temperature <= 0:
-            return int(logits.argmax())
-        # Seeded per (request, position): a preempted request resamples the same tokens.
-        generator = torch.Generator().manual_seed((request.seed or 0) * 1_000_003 + request.num_generated)
-        probs = torch.softmax(logits / request.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        inputs = step_inputs(plan.batch, self.blocks)
+        hidden = self.model.model(input_ids=torch.tensor([inputs.ids]), position_ids=torch.tensor([inputs.positions]),
+                                  paged=inputs.paged(self.cache), use_cache=False).last_hidden_state
+        logits = self.model.lm_head(hidden[0, inputs.last]).float()
+        return {r.request_id: t for r, t in zip(plan.batch, sample_tokens(logits, inputs))}
 
 
 @dataclass
@@ -212,19 +253,39 @@ class EngineConfig:
     policy_options: dict | None = None
 
 
+class PoolChanged(Exception):
+    """The executor lost or gained devices: every KV cache is gone, and the pool now has `num_blocks` blocks.
+    Recoverable: the engine requeues every live request to recompute from its tokens (none is lost)."""
+
+    def __init__(self, message: str, num_blocks: int):
+        super().__init__(message)
+        self.num_blocks = num_blocks
+
+
 class Engine:
-    """Continuous batching over the paged cache. `step()` is one scheduler decision plus one forward."""
+    """Continuous batching over the paged cache. `step()` is one scheduler decision plus one forward.
+
+    By default the model runs in this process (`ModelExecutor`); a pooled executor (`edgepool.llm.pool`)
+    runs it as pipeline stages on other devices instead, with the same scheduler, blocks and policies.
+    """
 
     def __init__(self, config: EngineConfig | None = None, predictor: LengthEstimator | None = None,
-                 model: LlamaForCausalLM | None = None, policy: Policy | None = None):
+                 model: LlamaForCausalLM | None = None, policy: Policy | None = None, *,
+                 tokenizer=None, executor=None, model_config: LlamaConfig | None = None):
         self.config = config = config or EngineConfig()
         if config.dtype not in ("float32", "float64", "bfloat16"):
             raise SpecError(field="dtype", value=config.dtype, accepted="float32, float64, bfloat16")
         dtype = getattr(torch, config.dtype)
-        self.tokenizer = ByteTokenizer()
-        self.model = model or build_model(config.model, seed=config.seed, dtype=dtype)
+        self.tokenizer = tokenizer or ByteTokenizer()
         self.blocks = BlockManager(config.num_blocks, config.block_size, config.num_host_blocks)
-        self.executor = ModelExecutor(self.model, self.blocks, dtype)
+        if executor is None:
+            self.model = model or build_model(config.model, seed=config.seed, dtype=dtype)
+            executor = ModelExecutor(self.model, self.blocks, dtype)
+        else:
+            self.model = model
+        self.model_config = model_config or self.model.config
+        self.executor = executor
+        executor.blocks = self.blocks   # a pooled executor reads the block tables of the engine's manager
         self.policy = policy or make_policy(config.policy, **(config.policy_options or {}))
         self.cost = self._calibrate()
         self.scheduler = Scheduler(self.policy, self.blocks, max_batch_requests=config.max_batch_requests,
@@ -247,7 +308,7 @@ class Engine:
         table = self.blocks.table(probe.request_id)
         pairs = list(zip(table, range(min(len(table), self.blocks.num_host_blocks))))
         start = time.perf_counter()
-        self.executor.cache.swap_out(pairs)
+        self.executor.execute(StepPlan(swap_out=pairs))
         per_block = (time.perf_counter() - start) / max(len(pairs), 1)
         self.blocks.free(probe.request_id)
         per_token = max(timings[tokens] - timings[1], 0.0) / max(tokens - 1, 1)
@@ -266,28 +327,41 @@ class Engine:
 
     def add(self, request: Request) -> None:
         """Queue a request; raises RequestRejected (400 never fits, 503 queue full)."""
-        if request.prompt_tokens and max(request.prompt_tokens) >= self.model.config.vocab_size:
-            raise RequestRejected(400, f"{request.request_id}: token id {max(request.prompt_tokens)} is outside "
-                                       f"the vocabulary (0..{self.model.config.vocab_size - 1})")
+        vocab = self.model_config.vocab_size
+        if request.prompt_tokens and (max(request.prompt_tokens) >= vocab or min(request.prompt_tokens) < 0):
+            bad = max(request.prompt_tokens) if max(request.prompt_tokens) >= vocab else min(request.prompt_tokens)
+            raise RequestRejected(400, f"{request.request_id}: token id {bad} is outside the vocabulary "
+                                       f"(0..{vocab - 1})")
         self.scheduler.add(request)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
     def execute(self, plan: StepPlan) -> tuple[dict[str, int], float]:
-        """Run a plan on the model: the new token per request and the CPU seconds it took (copies included)."""
-        start = time.process_time()
+        """Run a plan on the model: the new token per request and the seconds it took (copies included):
+        CPU time in this process, or wall time when the model runs elsewhere (a pool's stages)."""
+        clock = time.process_time if isinstance(self.executor, ModelExecutor) else time.perf_counter
+        start = clock()
         try:
             tokens = self.executor.execute(plan)
+        except PoolChanged:
+            raise
         except Exception as error:            # never lose a request silently: fail the batch explicitly
             for request in list(plan.batch):
                 self.scheduler.abort(request, f"engine error: {error!r}")
             raise
-        return tokens, time.process_time() - start
+        return tokens, clock() - start
 
     def step(self, now: float = 0.0) -> Step:
-        """One step: the plan, the new token per request, the finished requests and its CPU time."""
-        return run_step(self.scheduler, self, now)
+        """One step: the plan, the new token per request, the finished requests and its time. When the pool
+        changed under it, the step produces nothing and every live request recomputes from its tokens."""
+        try:
+            return run_step(self.scheduler, self, now)
+        except PoolChanged as changed:
+            self.blocks = BlockManager(changed.num_blocks, self.config.block_size, self.config.num_host_blocks)
+            self.executor.blocks = self.blocks
+            self.scheduler.restart_all(self.blocks)
+            return Step(StepPlan(), {}, [], 0.0)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy generation for a list of token-id prompts (all admitted at once); for tests and examples."""

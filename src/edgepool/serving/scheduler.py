@@ -97,6 +97,7 @@ class Scheduler:
         self.policy, self.blocks, self.cost, self.predictor = policy, blocks, cost, predictor
         self.max_batch_requests, self.max_batch_tokens = max_batch_requests, max_batch_tokens
         self.max_waiting = max_waiting
+        self.watermark = watermark
         self.watermark_blocks = int(watermark * blocks.num_blocks)
         self.waiting: deque[Request] = deque()
         self.swapped: list[Request] = []
@@ -155,6 +156,22 @@ class Scheduler:
             self.waiting.remove(request)
         self.blocks.free(request.request_id)
         request.state, request.error = RequestState.FAILED, message
+
+    def restart_all(self, blocks: BlockManager) -> list[Request]:
+        """The devices holding the KV cache changed (one left, one joined): every cache is gone. Running and
+        swapped requests go back to the waiting queue, ahead of new ones and in arrival order, to recompute
+        their prompt and the tokens they already generated (kept: none is lost, none repeated); `blocks` is
+        the new pool's block manager. Returns the requeued requests."""
+        requeued = sorted(self.running + self.swapped, key=lambda r: (r.arrival_time, r.request_id))
+        for request in requeued:
+            self.stats.recomputed_tokens += request.num_computed
+            request.num_computed, request.state = 0, RequestState.WAITING
+            request.recomputes += 1
+        self.waiting.extendleft(reversed(requeued))
+        self.running, self.swapped = [], []
+        self.blocks = blocks
+        self.watermark_blocks = int(self.watermark * blocks.num_blocks)
+        return requeued
 
     # --- one step ----------------------------------------------------------------------------
     def schedule(self, now: float | None = None) -> StepPlan:

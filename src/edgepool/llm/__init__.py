@@ -1,0 +1,1 @@
+"""Real language models: checkpoints, tokenizers and chat, served by the pool."""
