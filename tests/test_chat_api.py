@@ -343,7 +343,7 @@ def test_the_checkpoint_chat_tokenizer_plugs_in(server, client):
         def __call__(self, text):
             return {"input_ids": ByteTokenizer().encode(text)}
 
-        def decode(self, ids, skip_special_tokens=False):
+        def decode(self, ids, skip_special_tokens=False, **options):
             return ByteTokenizer().decode(ids)
 
         def __len__(self):

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
                                     "YAML file); without it, this process serves alone."),
         launcher: str = typer.Option("local", "--launcher", help="local | testbed: how the devices' processes "
                                      "start (testbed: emulated CPU speeds, memory and links; needs root)."),
-        requests: int = typer.Option(16, "--concurrent", help="Concurrent requests the pool is planned for."),
+        requests: int = typer.Option(16, "--concurrent", min=1, help="Concurrent requests the pool is planned for."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
         policy: str = typer.Option("vllm", help="vllm, max-reserve, padding, padding-cost, padding-cost-fcfs."),
         host: str = typer.Option("127.0.0.1"),

@@ -54,7 +54,10 @@ class LLMProfile(BaseModel):
                                                 "or not)")
     head_flops_per_token: float = Field(gt=0, description="2 x vocab x hidden per sampled position")
     # measured on a host (None: not measured): seconds = a + b * tokens, one torch thread
-    host_layer_s: tuple[float, float] | None = None
+    host_layer_s: tuple[float, float] | None = Field(default=None, description="a decode step: n requests of "
+                                                     "one token each, through the engine's paged attention")
+    host_prefill_layer_s: tuple[float, float] | None = Field(default=None, description="one sequence of n "
+                                                             "tokens (a prefill)")
     host_head_s: tuple[float, float] | None = None
     host_flops: float | None = Field(default=None, description="effective FLOP/s of the host core measured "
                                      "with them (peak x efficiency of `testbed.host_core_device`)")
@@ -174,26 +177,66 @@ def measure_host(model: Any, profile: LLMProfile | None = None, *, tokens: tuple
         inner = model.model
         layer = inner.layers[0]
         norm, head = inner.norm, model.lm_head
-        per_point = budget_s / (2 * len(tokens))
-        layer_t, head_t = [], []
+        per_point = budget_s / (3 * len(tokens))
+        layer_t, prefill_t, head_t = [], [], []
         with torch.inference_mode():
             for n in tokens:
                 x = torch.randn(1, n, config.hidden_size, dtype=torch.float32)
                 pos = torch.arange(n).unsqueeze(0)
                 rope = inner.rotary_emb(x, position_ids=pos)
-                layer_t.append(_best(lambda: layer(x, attention_mask=None, position_ids=pos,
-                                                   position_embeddings=rope), per_point))
+                prefill_t.append(_best(lambda: layer(x, attention_mask=None, position_ids=pos,
+                                                     position_embeddings=rope), per_point))
                 head_t.append(_best(lambda: head(norm(x)), per_point))
+                layer_t.append(_best(_paged_decode(model, n), per_point))
     finally:
         torch.set_num_threads(threads)
     ns = list(tokens)
     return profile.model_copy(update={
-        "host_layer_s": _fit(ns, layer_t), "host_head_s": _fit(ns, head_t),
+        "host_layer_s": _fit(ns, layer_t), "host_prefill_layer_s": _fit(ns, prefill_t),
+        "host_head_s": _fit(ns, head_t),
         "host_flops": host.peak("fp32") * host.efficiency,
         "host_measured": {"where": f"{platform.node()} ({host.description or 'this host'}), 1 torch thread",
                           "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "tokens": ns, "layer_s": layer_t, "head_s": head_t,
+                          "tokens": ns, "layer_s": layer_t, "prefill_layer_s": prefill_t, "head_s": head_t,
+                          "decode_context": DECODE_CONTEXT,
                           "host_peak_fp32": host.peak("fp32"), "host_efficiency": host.efficiency}})
+
+
+DECODE_CONTEXT = 64  # cached tokens per request when timing a decode step
+
+
+def _paged_decode(model: Any, requests: int):
+    """A call running layer 0 for `requests` requests decoding one token each after DECODE_CONTEXT cached
+    tokens, the way the engine does (paged attention over a block pool)."""
+    import copy
+
+    import torch
+
+    from edgepool.serving.block_manager import BlockManager
+    from edgepool.serving.engine import ATTENTION_NAME, PagedKVCache, step_inputs
+    from edgepool.serving.request import Request
+
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = ATTENTION_NAME
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    layer = LlamaDecoderLayer(config, layer_idx=0)
+    layer.load_state_dict(model.model.layers[0].state_dict())
+    layer.eval()
+    block = 16
+    blocks = BlockManager(requests * (DECODE_CONTEXT // block + 1), block)
+    batch = []
+    for i in range(requests):
+        request = Request(f"r{i}", prompt_len=DECODE_CONTEXT + 1, max_new_tokens=1,
+                          prompt_tokens=[0] * (DECODE_CONTEXT + 1), num_computed=DECODE_CONTEXT)
+        blocks.allocate(request.request_id, blocks.blocks_for(DECODE_CONTEXT + 1))
+        batch.append(request)
+    inputs = step_inputs(batch, blocks)
+    paged = inputs.paged(PagedKVCache(config, blocks.num_blocks, block, 0, torch.float32, layers=range(1)))
+    x = torch.randn(1, requests, config.hidden_size)
+    pos = torch.tensor([inputs.positions])
+    rope = model.model.rotary_emb(x, position_ids=pos)
+    return lambda: layer(x, position_ids=pos, position_embeddings=rope, paged=paged)
 
 
 # ----------------------------------------------------------------------------- device time model
@@ -231,7 +274,8 @@ def stage_time(profile: LLMProfile, device: Device, num_layers: int, has_head: b
     overhead = cost.layer_overhead_s.get(device.name, 0.0) * num_layers
     if uses_host_times(profile, device):
         speed = relative_speed(profile, device, cost, mode)
-        a, b = profile.host_layer_s
+        prefill = seqs < tokens and profile.host_prefill_layer_s is not None
+        a, b = profile.host_prefill_layer_s if prefill else profile.host_layer_s
         t = num_layers * (a + b * tokens)
         # attention over the cache at the measured layer's FLOP rate
         rate = profile.layer_flops_per_token / b if b > 0 else float(profile.host_flops)

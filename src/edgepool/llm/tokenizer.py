@@ -48,7 +48,8 @@ class ChatTokenizer:
         return [int(i) for i in self._tok(text)["input_ids"]]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+        # no clean-up of spaces: the text of a prefix must be a prefix of the text (streams send differences)
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def chat_text(self, messages: Any) -> str:
         """The prompt text `chat` tokenizes (for logs and debugging)."""

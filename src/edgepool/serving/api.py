@@ -330,10 +330,10 @@ class EngineRunner:
                 if busy:
                     try:
                         plan, _, finished, _ = self.engine.step(time.monotonic() - self._t0)
+                        self._deliver(list(plan.batch), list(finished))
                     except Exception as error:   # the engine failed the batch explicitly; tell the clients
                         self._fail_all(f"engine error: {error!r}")
                         continue
-                    self._deliver(list(plan.batch), list(finished))
             if not busy:
                 self._wake.wait(self.idle_sleep_s)
                 self._wake.clear()
@@ -547,9 +547,15 @@ def create_app(engine: Engine, model_name: str | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         sched = engine.scheduler
-        return {"status": "ok", "policy": engine.policy.name, "running": len(sched.running),
-                "waiting": len(sched.waiting), "swapped": len(sched.swapped),
-                "kv_blocks_used": engine.blocks.num_used, "kv_blocks_total": engine.blocks.num_blocks}
+        status = {"status": "ok", "policy": engine.policy.name, "running": len(sched.running),
+                  "waiting": len(sched.waiting), "swapped": len(sched.swapped),
+                  "kv_blocks_used": engine.blocks.num_used, "kv_blocks_total": engine.blocks.num_blocks}
+        stages = getattr(engine.executor, "stages", None)
+        if stages is not None:  # a pool: which device holds which layers, and its re-plans so far
+            status["stages"] = [{"device": s.device, "layers": [s.first, s.end]} for s in stages]
+            status["pool_events"] = [{"kind": e.kind, "devices": e.devices, "recovery_s": round(e.recovery_s, 2)}
+                                     for e in engine.executor.events]
+        return status
 
     card = {"id": name, "object": "model", "created": created_at, "owned_by": "edgepool"}
 

@@ -73,11 +73,44 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
 # ---------------------------------------------------------------------------------------------------
 @dataclass
 class PagedBatch:
-    """Where this step's tokens go in the block pool, and what each request attends to."""
+    """Where this step's tokens go in the block pool, and what each request attends to.
+
+    Requests decoding one token (`decode`) attend in one batched call over their blocks padded to the
+    longest (masked), instead of one call per request: per-request calls cost more than the attention."""
 
     cache: "PagedKVCache"
     slots: torch.Tensor                  # (tokens,) flat slot of each new token
     segments: list[tuple[int, int, int, torch.Tensor]]   # (start, length, first position, slots of 0..end)
+    decode: "DecodeRows | None" = None
+
+    @classmethod
+    def of(cls, cache: "PagedKVCache", slots: list[int],
+           segments: list[tuple[int, int, int, list[int]]]) -> "PagedBatch":
+        ones = [i for i, seg in enumerate(segments) if seg[1] == 1]
+        decode = DecodeRows.of([segments[i] for i in ones], ones) if len(ones) > 1 else None
+        skip = set(ones) if decode else set()
+        return cls(cache, torch.tensor(slots), [(a, n, p, torch.tensor(kv)) if i not in skip else (a, n, p, None)
+                                               for i, (a, n, p, kv) in enumerate(segments)], decode)
+
+
+@dataclass
+class DecodeRows:
+    """One-token requests of a step: their rows in the packed batch, and their KV slots padded to one length."""
+
+    segments: list[int]                  # which segments (in order) these are
+    rows: torch.Tensor                   # (R,) row of each one's token in the packed batch
+    kv_slots: torch.Tensor               # (R, longest) slots, padded with slot 0
+    mask: torch.Tensor | None            # (R, 1, 1, longest) True where a slot is real; None if all equal
+
+    @classmethod
+    def of(cls, segments: list[tuple[int, int, int, list[int]]], indices: list[int]) -> "DecodeRows":
+        longest = max(len(seg[3]) for seg in segments)
+        padded = [seg[3] + [0] * (longest - len(seg[3])) for seg in segments]
+        lengths = torch.tensor([len(seg[3]) for seg in segments])
+        mask = None
+        if int(lengths.min()) != longest:
+            mask = (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1))[:, None, None, :]
+        return cls(indices, torch.tensor([seg[0] for seg in segments]), torch.tensor(padded), mask)
 
 
 class PagedKVCache:
@@ -132,8 +165,11 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     k_pool, v_pool = paged.cache.k[layer], paged.cache.v[layer]
     k_pool.index_copy_(0, paged.slots, key[0].transpose(0, 1).to(k_pool.dtype))
     v_pool.index_copy_(0, paged.slots, value[0].transpose(0, 1).to(v_pool.dtype))
-    outputs = []
+    outputs: list[torch.Tensor | None] = []
     for start, length, first_pos, kv_slots in paged.segments:
+        if kv_slots is None:   # decoded below, with the other one-token requests
+            outputs.append(None)
+            continue
         q = query[:, :, start:start + length]
         k = k_pool.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
         v = v_pool.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
@@ -143,6 +179,14 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
             positions = torch.arange(first_pos, first_pos + length).unsqueeze(1)
             mask = torch.arange(kv_slots.numel()).unsqueeze(0) <= positions
         outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True))
+    if paged.decode is not None:
+        rows = paged.decode
+        q = query[0, :, rows.rows].transpose(0, 1).unsqueeze(2)               # (R, heads, 1, head_dim)
+        k = k_pool[rows.kv_slots].transpose(1, 2)                             # (R, kv_heads, longest, head_dim)
+        v = v_pool[rows.kv_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows.mask, scale=scaling, enable_gqa=True)
+        for j, i in enumerate(rows.segments):
+            outputs[i] = out[j:j + 1]                                         # (1, heads, 1, head_dim)
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -180,8 +224,7 @@ class StepInputs:
     sampling: list[tuple[float, int | None, int]]      # (temperature, seed, tokens generated so far)
 
     def paged(self, cache: "PagedKVCache") -> PagedBatch:
-        return PagedBatch(cache, torch.tensor(self.slots),
-                          [(a, n, p, torch.tensor(kv)) for a, n, p, kv in self.segments])
+        return PagedBatch.of(cache, self.slots, self.segments)
 
 
 def step_inputs(requests: list[Request], blocks: BlockManager) -> StepInputs:
@@ -360,8 +403,24 @@ class Engine:
         except PoolChanged as changed:
             self.blocks = BlockManager(changed.num_blocks, self.config.block_size, self.config.num_host_blocks)
             self.executor.blocks = self.blocks
-            self.scheduler.restart_all(self.blocks)
-            return Step(StepPlan(), {}, [], 0.0)
+            requeued = self.scheduler.restart_all(self.blocks)
+            events = getattr(self.executor, "events", None)
+            if events:
+                events[-1].requeued = len(requeued)
+            return Step(StepPlan(), {}, self._fit_to_pool(requeued), 0.0)
+
+    def _fit_to_pool(self, requests: list[Request]) -> list[Request]:
+        """After a re-plan to a smaller KV cache: a request whose tokens no longer fit ends here, finished with
+        every token it has; the others may still generate only what fits. Returns the ended ones."""
+        capacity = self.scheduler.capacity_tokens
+        ended = []
+        for request in requests:
+            if request.total_tokens > capacity:
+                self.scheduler.finish_early(request)
+                ended.append(request)
+            else:
+                request.max_new_tokens = min(request.max_new_tokens, capacity + 1 - request.prompt_len)
+        return ended
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy generation for a list of token-id prompts (all admitted at once); for tests and examples."""
