@@ -9,7 +9,8 @@ planner plans for the cluster the testbed realizes (`testbed.emulated_cluster`).
 chat request: mean time per output token after the first) and 16 concurrent chat requests (aggregate output
 tokens/s over the makespan, mean time to first token); real chat prompts (`ChatTokenizer.chat`), greedy, a
 fixed number of new tokens (no stop at end-of-sequence, so every configuration generates as many tokens).
-Each configuration runs through `llm.service.pooled_engine` (one process per stage device). Greedy tokens of
+Each configuration runs through `llm.service.pooled_engine` (one process per stage device). `--quick` (the
+tests' smoke run) uses the two fastest devices, one link setting, 6 questions and 8 new tokens. Greedy tokens of
 every concurrent run are compared with `transformers`' `generate` on the same prompts (up to the first
 end-of-sequence token of either). A last run kills (SIGKILL) a non-first stage's process of the planner's
 concurrent plan after a few steps and counts requests that do not finish with the reference's tokens. Every
@@ -32,6 +33,7 @@ MEMORY = {"dev-a": "8GiB", "dev-b": "8GiB", "dev-c": "4GiB", "dev-d": "4GiB"}
 CPU_BUDGET = 1.8  # cores for all device quotas together (the host has 2; the coordinator needs some)
 LINKS_FULL = {"1gbps": "1Gbps", "100mbps": "100Mbps"}
 LINKS_QUICK = {"1gbps": "1Gbps"}
+QUICK_DEVICES = ["dev-a", "dev-b"]  # --quick: two devices (the same memory, so exo's split is the even one)
 CONFIGS = ("planner", "best_single", "memory_weighted", "even_split")
 KILL_AFTER_STEPS = 3  # steps with work (the prefill and two decodes) before the kill
 QUESTIONS = [
@@ -55,18 +57,22 @@ QUESTIONS = [
 
 
 # ----------------------------------------------------------------------------- set-up
-def cluster_spec(bandwidth: str):
-    """The four devices at one link setting (speeds as fp32 FLOP/s: the testbed sizes quotas by them)."""
+def cluster_spec(bandwidth: str, devices: list[str] | None = None):
+    """The devices (default: all four) at one link setting (speeds as fp32 FLOP/s: the testbed sizes quotas by
+    them)."""
     from edgepool.cluster import cluster_from_dict
+
+    names = devices or list(RELATIVE_SPEED)
 
     def device(name: str) -> dict:
         return {"name": name, "spec": {"kind": "cpu", "peak_flops": {"fp32": RELATIVE_SPEED[name] * 100e9},
                                       "memory_bytes": MEMORY[name], "memory_bandwidth": "20GB/s", "cpu_cores": 4,
                                       "efficiency": 0.5, "power_idle_w": 3.0, "power_max_w": 15.0}}
     return cluster_from_dict({
-        "name": f"llm-4dev-{bandwidth}",
-        "description": f"four CPU devices, speeds 1 : 0.7 : 0.5 : 0.3, every link {bandwidth}",
-        "devices": [device(n) for n in RELATIVE_SPEED],
+        "name": f"llm-{len(names)}dev-{bandwidth}",
+        "description": f"{len(names)} CPU devices, speeds {' : '.join(str(RELATIVE_SPEED[n]) for n in names)}, "
+                       f"every link {bandwidth}",
+        "devices": [device(n) for n in names],
         "default_link": {"bandwidth": bandwidth, "latency": "1ms"},
     }, source="benchmarks/llm.py")
 
@@ -168,7 +174,8 @@ def start_engine(checkpoint, profile, cluster, plan, launcher, workload):
 
 
 def measure_link(link: str, bandwidth: str, checkpoint, profile, host, prompts, single_prompt, new_tokens,
-                 reference, stop_ids, with_kill: bool, say, advance, decode=None) -> dict:
+                 reference, stop_ids, with_kill: bool, say, advance, decode=None,
+                 devices: list[str] | None = None) -> dict:
     """Plan every configuration for the cluster this testbed realizes, run each distinct plan once (one
     engine per plan: the one-stream run, then the concurrent run), and optionally the kill run."""
     from edgepool.llm.planner import LLMWorkload, best_single, even_split, memory_weighted_split, plan_llm, predict
@@ -176,7 +183,7 @@ def measure_link(link: str, bandwidth: str, checkpoint, profile, host, prompts, 
     from edgepool.runtime.harness import describe_launcher
     from edgepool.runtime.launch import make_run_launcher
 
-    spec = cluster_spec(bandwidth)
+    spec = cluster_spec(bandwidth, devices)
     concurrent = LLMWorkload(requests=len(prompts), prompt_tokens=round(statistics.fmean(map(len, prompts))),
                              new_tokens=new_tokens)
     single = LLMWorkload(requests=1, prompt_tokens=len(single_prompt), new_tokens=new_tokens)
@@ -415,7 +422,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         for i, (link, bandwidth) in enumerate(links_wanted.items()):
             links[link] = measure_link(link, bandwidth, checkpoint, profile, host, prompts, single_prompt,
                                        new_tokens, reference, tokenizer.stop_ids, with_kill=(i == 0), say=say,
-                                       advance=advance, decode=tokenizer.decode)
+                                       advance=advance, decode=tokenizer.decode, devices=QUICK_DEVICES if quick else None)
     fallback = next((d["launcher"].get("fallback_reason") for d in links.values()
                      if d["launcher"].get("fallback_reason")), None)
     date = _dt.date.today().isoformat()
@@ -430,7 +437,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                     f"local (testbed unavailable: {fallback}; devices NOT emulated: no CPU quotas, no shaping)",
         "model": {"name": checkpoint.name, "source": checkpoint.source, "num_layers": profile.num_layers,
                   "dtype": "float32"},
-        "set_up": {"relative_speed": RELATIVE_SPEED, "memory": MEMORY, "cpu_budget_cores": CPU_BUDGET,
+        "set_up": {"devices": QUICK_DEVICES if quick else list(RELATIVE_SPEED),
+                   "relative_speed": RELATIVE_SPEED, "memory": MEMORY, "cpu_budget_cores": CPU_BUDGET,
                    "links": links_wanted, "questions": questions, "prompt_tokens": [len(p) for p in prompts],
                    "new_tokens": new_tokens, "greedy": True, "stop_at_eos": False,
                    "reference": "transformers generate, greedy, one prompt at a time, compared up to the first "

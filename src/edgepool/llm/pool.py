@@ -125,7 +125,11 @@ class PooledExecutor:
         self._waiting_on: str | None = None
         self._closing = threading.Event()
         threading.Thread(target=self._watch, name="edgepool-pool-watch", daemon=True).start()
-        self._launch(stages)
+        try:
+            self._launch(stages)
+        except BaseException:   # a stage that cannot start (out of memory, a bad checkpoint): stop the rest
+            self.close()
+            raise
 
     @property
     def devices(self) -> list[str]:
