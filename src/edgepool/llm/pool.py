@@ -114,6 +114,7 @@ class PooledExecutor:
         self._handles: list = []
         self._step = 0
         self._joining: list[str] = []
+        self._jobs: list[WorkerJob] = []   # one folder per generation (job file and the stages' logs)
         self._t0 = time.monotonic()
         host = launcher.coordinator_address()
         with launcher.coordinator_namespace():  # port 0: the store picks a free port there
@@ -128,7 +129,7 @@ class PooledExecutor:
         try:
             self._launch(stages)
         except BaseException:   # a stage that cannot start (out of memory, a bad checkpoint): stop the rest
-            self.close()
+            self.close(keep_logs=True)
             raise
 
     @property
@@ -148,6 +149,7 @@ class PooledExecutor:
                    "timeout_s": int(self.options.step_timeout_s)}
         folder = self.work_dir / f"gen{self.generation}" if self.work_dir else None
         job = WorkerJob.create(payload, folder, prefix="edgepool-llm-")
+        self._jobs.append(job)
         self._handles = self.launcher.launch({d: worker_argv(WORKER_MODULE, job.path) for d in self.devices},
                                              log_dir=job.folder / "logs")
         for rank in range(len(stages)):
@@ -184,7 +186,8 @@ class PooledExecutor:
         time.sleep(0.2)  # let a collateral exit (a neighbour's failed receive) show up too
         dead = self._dead()
         killed = [h for h in dead if h.poll() < 0] or dead  # ended by a signal: the device that left
-        raise StageLost([h.device for h in killed], "; ".join(f"{h.device} exited with status {h.poll()}" for h in dead))
+        raise StageLost([h.device for h in killed], "; ".join(f"{h.device} exited with status {h.poll()}" for h in dead)
+                        + (f" (logs: {self._jobs[-1].folder / 'logs'})" if self._jobs else ""))
 
     def _restart(self, kind: str, devices: list[str], survivors: list[str]) -> None:
         """Stop this generation, re-plan on `survivors`, start the next one, and tell the engine."""
@@ -227,8 +230,8 @@ class PooledExecutor:
         tokens = pickle.loads(raw)
         return {r.request_id: t for r, t in zip(plan.batch, tokens)}
 
-    def close(self) -> None:
-        """Ask the stages to leave, then stop whatever is left."""
+    def close(self, keep_logs: bool = False) -> None:
+        """Ask the stages to leave, then stop whatever is left; temporary job folders go unless `keep_logs`."""
         self._closing.set()
         try:
             self.store.set(step_key(self.generation, self._step), pickle.dumps(StepMessage(stop=True)))
@@ -239,3 +242,6 @@ class PooledExecutor:
             stop = getattr(self.launcher, "stop_workers", None)
             if stop is not None:
                 stop()
+            if self.work_dir is None and not keep_logs:  # temporary folders go with the pool (a work_dir stays)
+                for job in self._jobs:
+                    job.discard()
