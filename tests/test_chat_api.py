@@ -7,14 +7,14 @@ parameters, 404 for an unknown model, 503 when the queue is full. The engine is 
 """
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import pytest
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
+
+from api_server import serve  # noqa: E402 - after the skips
 
 MODEL = "llama-tiny"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -27,22 +27,8 @@ def server():
 
     engine = Engine(EngineConfig(model=MODEL, num_blocks=32, block_size=4, num_host_blocks=16, max_batch_requests=8,
                                  max_batch_tokens=256))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield engine, f"http://127.0.0.1:{port}/v1"
-    uv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
-    assert not thread.is_alive(), "uvicorn did not shut down"
+    with serve(create_app(engine)) as url:
+        yield engine, url
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
-import time
 from contextlib import contextmanager
 
 import httpx
@@ -19,34 +16,18 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from api_server import serve  # noqa: E402 - after the skips
+
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 SEA = [{"role": "user", "content": "Write one sentence about the sea, the moon and the stars at night, please."}]
 NUM_BLOCKS = 64            # 64 blocks of 16 tokens: a request may use 1024 tokens here
 
 
-@contextmanager
 def _serve(engine, name: str):
-    """`create_app(engine, name)` on a real uvicorn server in a thread, on a free port; yields the base URL."""
+    """`create_app(engine, name)` on a real uvicorn server in a thread; a context yielding the base URL."""
     from edgepool.serving.api import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, name), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down"
+    return serve(create_app(engine, name))
 
 
 @contextmanager
