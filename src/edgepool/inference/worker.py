@@ -113,6 +113,17 @@ def _teardown() -> None:
     gc.collect()
 
 
+def run_as_main(main) -> None:
+    """`python -m MODULE JOB.json`: `main(JOB)`, then leave with `exit_now`; a failure's traceback goes to this
+    worker's log and the exit status is 1 (the launcher or coordinator notices the exit and names the cause)."""
+    try:
+        main(sys.argv[1])
+    except BaseException:  # noqa: BLE001 - everything, KeyboardInterrupt included, ends the worker the same way
+        traceback.print_exc()
+        exit_now(1)
+    exit_now(0)
+
+
 def exit_now(code: int) -> None:
     """Leave without interpreter finalization (results are already written atomically, streams flushed)."""
     sys.stdout.flush()
@@ -149,9 +160,4 @@ def _run_job(job: dict, device: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except BaseException:  # noqa: BLE001 - the traceback goes to this worker's log; the launcher names the cause
-        traceback.print_exc()
-        exit_now(1)
-    exit_now(0)
+    run_as_main(main)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import sys
-import traceback
 
 import torch
 import torch.distributed as dist
 
-from edgepool.inference.worker import exit_now
+from edgepool.inference.worker import run_as_main
 from edgepool.llm.messages import StepMessage, ready_key, step_key, tokens_key
 from edgepool.llm.stage import StageModel
 from edgepool.runtime.harness import read_job
@@ -82,9 +80,4 @@ def serve(stage: StageModel, cache: PagedKVCache, store: dist.TCPStore, generati
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except BaseException:  # noqa: BLE001 - the traceback goes to this worker's log; the coordinator notices the exit
-        traceback.print_exc()
-        exit_now(1)
-    exit_now(0)
+    run_as_main(main)
