@@ -58,3 +58,46 @@ def measure_local_device(name: str = "local") -> Device:
             "power": "modelled: no energy counters on this machine (assumed 5 W idle, 15 W per core)",
         },
     )
+
+
+def detect_accelerator() -> dict | None:
+    """The accelerator this host has, as torch or the vendor's tools report it (None: CPU only).
+
+    CUDA (desktop GPUs, Jetson boards) and Apple MPS through torch; on a Jetson the board's model from the device
+    tree; NVML (`pynvml`) for the driver's view where it is installed. Reported, not measured: the planners use
+    the CPU figures `measure_local_device` measured unless the device's spec says otherwise."""
+    found: dict | None = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        found = {"kind": "cuda", "name": props.name, "memory_bytes": int(props.total_memory),
+                 "count": torch.cuda.device_count(), "source": "torch.cuda"}
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found = {"kind": "mps", "name": "Apple GPU (Metal)", "memory_bytes": None, "count": 1,
+                 "source": "torch.backends.mps"}
+    model = _read_text("/proc/device-tree/model")
+    if model and ("jetson" in model.lower() or "nvidia" in model.lower()):
+        found = {**(found or {"kind": "cuda", "count": 1, "memory_bytes": None, "source": "device tree"}),
+                 "board": model.strip("\x00 \n")}
+    try:
+        import pynvml  # optional: NVIDIA's management library
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        found = {**(found or {"kind": "cuda", "count": pynvml.nvmlDeviceGetCount()}),
+                 "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                 "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total), "source": "nvml"}
+    except Exception:  # noqa: BLE001 - absent library or driver: nothing more to report
+        pass
+    return found
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

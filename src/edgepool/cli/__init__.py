@@ -48,9 +48,9 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import bench, core, demo, elastic, finetune, inference, power, report, runtime, serving, training  # noqa: E402
+from . import bench, core, demo, elastic, finetune, inference, pool, power, report, runtime, serving, training  # noqa: E402
 
-for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, bench):
+for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, bench):
     _area.register(app)
 
 

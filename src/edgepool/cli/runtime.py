@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, open_pool, train_on_pool
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -101,7 +102,7 @@ def _gantt(reports, path: Path, title: str) -> Path:
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example (home, jetson-lab, site64)."),
+        cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example (home, jetson-lab, site64)."),
         model: str = typer.Option(..., help="A zoo model name (see `edgepool profile --help`)."),
         planner: str = typer.Option("hybrid", help="dp, dp-proportional, gpipe, pipedream, hybrid, dmp."),
         steps: int = typer.Option(5, min=1, help="Training iterations to run (the first is warm-up, untimed)."),
@@ -119,14 +120,27 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the measured report as JSON."),
         print_launch: bool = typer.Option(False, "--print-launch",
                                           help="Print the torchrun command per host instead of running here."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP + " Runs through the agents, elastically: a "
+                                                      "device that leaves is recovered from (pipeline replay)."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        heartbeat_timeout: float = typer.Option(3.0, min=0.5, help="With --pool: seconds without a worker's "
+                                                                   "heartbeat before its device counts as lost."),
     ) -> None:
         """Plan and run training for real (one process per device, torch.distributed/gloo); report measured figures."""
         from edgepool.cluster import load_cluster
         from edgepool.runtime.data import ModelSpec
 
         console = Console(stderr=True)
-        spec = load_cluster(cluster)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
+        if (cluster is None) == (pool is None):
+            raise SpecError(field="--cluster/--pool", value=cluster or pool, accepted="exactly one of --cluster "
+                            "FILE (a spec; emulated or local processes) and --pool HOST:PORT (the agents' devices)")
+        if pool is not None:
+            _train_on_pool(pool, key, key_file, model_spec, planner, steps, batch, seq, lr, output,
+                           heartbeat_timeout, as_json, console)
+            return
+        spec = load_cluster(cluster)
         if print_launch:
             _print_launch(spec, model_spec, planner, plan_file, batch, seq, steps, lr, output, other_cluster)
             return
@@ -154,6 +168,26 @@ def register(app: typer.Typer) -> None:
                   f"loss {report.metrics['loss_per_step'][0]:.4f} -> {report.metrics['loss_per_step'][-1]:.4f}")
         out.print(f"{report.where}")
         out.print(f"report, plan and Gantt chart in {outcome.run_dir} ({gantt.name})")
+
+
+def _train_on_pool(pool, key, key_file, model_spec, planner, steps, batch, seq, lr, output, heartbeat_timeout,
+                   as_json, console) -> None:
+    from edgepool.pool.key import resolve_key
+
+    secret = resolve_key(key, key_file)
+    with open_pool(pool, key, key_file) as client:
+        result = train_on_pool(client, secret, model_spec, planner, steps, batch, seq, lr, output,
+                               heartbeat_timeout, _command(), console)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    out = Console()
+    out.print(f"plans: {' -> '.join('+'.join(p) for p in result['plans'])} (pool {result['pool']})")
+    for r in result["recoveries"]:
+        out.print(f"{r['device']} lost in iteration {r['step']}: interrupted iteration done again after "
+                  f"{r['time_to_interrupted_iteration_s']:.2f} s (pipeline replay)")
+    out.print(f"samples lost {result['samples']['samples_lost']}, double-counted "
+              f"{result['samples']['samples_double_counted']}; run folder {result['run_dir']}")
 
 
 def _run(spec, model_spec, planner: str, plan_file: Path | None, other_cluster: bool, launcher: str, batch: int,

@@ -27,15 +27,14 @@ checkpoint). Its building block, the c10d TCPStore, is what membership and heart
 Workers start through a launcher (`edgepool.testbed.make_launcher`): `launcher="local"` runs plain processes
 on loopback; `launcher="testbed"` runs each device in its cgroup and network namespace of an emulated
 `cluster` (CPU quotas, memory limits and link bandwidths from the cluster spec), and the supervisor opens its
-store inside the testbed's hub namespace, where every device reaches it at the bridge's address.
+store inside the testbed's hub namespace, where every device reaches it at the bridge's address. A launcher
+object may be given instead of a name, such as the pool's (`edgepool.pool.launcher.PoolLauncher`: workers on
+real devices through their agents); the run starts it and tears it down.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from edgepool.plan import Plan
 from edgepool.runtime.data import ModelSpec
 from edgepool.runtime.harness import describe_launcher, read_results, worker_argv, write_job
 from edgepool.runtime.launch import LAUNCHERS
+from edgepool.testbed.launcher import WorkerHandle
 
 WORKER = "edgepool.elastic.worker"
 
@@ -133,7 +133,7 @@ class ElasticRun:
                  strategy: RecoveryStrategy | None = None, *, failures: list[FailureSpec] = (),
                  joins: list[JoinSpec] = (), training: Training = Training(), supervision: Supervision = Supervision(),
                  out_dir: str | Path | None = None, env: dict[str, str] | None = None,
-                 progress: Callable[[int, int], None] | None = None, launcher: str = "local", cluster=None,
+                 progress: Callable[[int, int], None] | None = None, launcher="local", cluster=None,
                  testbed_options: dict | None = None):
         strategy = strategy or PipelineReplay()
         if not isinstance(strategy, RecoveryStrategy):
@@ -148,7 +148,7 @@ class ElasticRun:
             if not 0 <= f.step < steps:
                 raise SpecError(field="failures", value=f"{f.device}@{f.step}",
                                 accepted=f"a step in 0..{steps - 1}")
-        if launcher not in LAUNCHERS:
+        if isinstance(launcher, str) and launcher not in LAUNCHERS:
             raise SpecError(field="launcher", value=launcher, accepted=", ".join(LAUNCHERS))
         if launcher == "testbed" and cluster is None:
             raise SpecError(field="cluster", value=None, accepted="the Cluster to emulate",
@@ -182,18 +182,13 @@ class ElasticRun:
 
     def _spawn(self, device: str, generation: int, joiner: bool = False) -> None:
         argv = worker_argv(WORKER, self._config(device, generation, joiner))
-        handle = self.launcher.spawn(device, argv, {"OMP_NUM_THREADS": "1", **self.env},
-                                     self.out / "logs" / f"{device}-g{generation}.log")
-        self.procs[device] = handle.process
+        self.procs[device] = self.launcher.spawn(device, argv, {"OMP_NUM_THREADS": "1", **self.env},
+                                                 self.out / "logs" / f"{device}-g{generation}.log")
 
     def _kill(self, device: str) -> None:
-        proc = self.procs.get(device)
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        handle = self.procs.get(device)
+        if handle is not None and handle.poll() is None:
+            self.launcher.kill(handle)
 
     def _publish(self, generation: int, info: dict) -> None:
         self.store.set(f"gen/{generation}", json.dumps(info))
@@ -205,15 +200,18 @@ class ElasticRun:
         from edgepool.testbed.launcher import make_launcher
 
         devices = list(dict.fromkeys(self.plan.devices + [j.device for j in self.joins]))
-        options = self.testbed_options if self.launcher_kind == "testbed" else {}
-        self.launcher = make_launcher(self.launcher_kind, self.cluster, devices, **options)
+        if isinstance(self.launcher_kind, str):
+            options = self.testbed_options if self.launcher_kind == "testbed" else {}
+            self.launcher = make_launcher(self.launcher_kind, self.cluster, devices, **options)
+        else:  # a launcher object (the pool's): this run starts and tears it down
+            self.launcher = self.launcher_kind
         with self.launcher:
             self.host = self.launcher.coordinator_address()
             with self.launcher.coordinator_namespace():  # port 0: the store picks a free one there
                 self.store = dist.TCPStore(self.host, 0, is_master=True, wait_for_workers=False,
                                            timeout=_dt.timedelta(seconds=60))
             self.port = self.store.port
-            self.procs: dict[str, subprocess.Popen] = {}
+            self.procs: dict[str, WorkerHandle] = {}
             self.events: list[dict] = []
             self.plans = [self.plan]
             self.gen_start: dict[int, int] = {0: 0}
@@ -277,7 +275,13 @@ class ElasticRun:
                 self.store.set(f"join_pending/{g}", ",".join(joined_waiting))
             if dead:
                 dead = sorted(set(dead))
-                self.events.append({"kind": "dead", "devices": dead, "time": time.time(),
+                now = time.time()
+                injected = {e["device"] for e in self.events if e["kind"] == "failure" and e["generation"] == g}
+                for d in dead:  # a device lost on its own (its process, or its host's agent): when it was seen
+                    if d not in injected and d in started and started[d][0] == g:
+                        self.events.append({"kind": "failure", "device": d, "step": started[d][1], "time": now,
+                                            "generation": g, "detected": True})
+                self.events.append({"kind": "dead", "devices": dead, "time": now,
                                     "codes": {d: self.procs[d].poll() for d in dead}})
                 survivors = [d for d in members if d not in dead]
                 if not survivors:

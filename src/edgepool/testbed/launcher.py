@@ -235,6 +235,15 @@ class ProcessLauncher:
                                    + ", ".join(d for d, c in codes.items() if c is None))
             time.sleep(poll_s)
 
+    def kill(self, handle: WorkerHandle) -> None:
+        """SIGKILL one worker's process group and reap it (a fenced or failure-injected device)."""
+        if handle.poll() is None:
+            _signal_group(handle.pid, signal.SIGKILL)
+        try:
+            handle.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s (pid %d) did not exit after SIGKILL", handle.device, handle.pid)
+
     def stop_workers(self) -> None:
         """SIGTERM every worker's process group, SIGKILL what is left after `grace_s`, reap them."""
         alive = [h for h in self.handles if h.poll() is None]
