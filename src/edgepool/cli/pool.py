@@ -36,6 +36,31 @@ def pool_cluster(pool: str, key: str | None, key_file: Path | None):
         return client.cluster()
 
 
+def one_of(cluster: str | None, pool: str | None) -> None:
+    """A command takes its devices from a spec (--cluster) or from the pool (--pool), not both."""
+    if (cluster is None) == (pool is None):
+        raise SpecError(field="--cluster/--pool", value=cluster or pool, accepted="exactly one of --cluster FILE "
+                        "(a spec: emulated or local processes) and --pool HOST:PORT (the agents' devices)")
+
+
+def cluster_and_launcher(cluster: str | None, launcher: str, pool: str | None, key: str | None,
+                         key_file: Path | None):
+    """`--cluster`+`--launcher`, or `--pool`: (the Cluster, a launcher name or a `PoolLauncher` on the agents)."""
+    from edgepool.cluster import load_cluster
+
+    one_of(cluster, pool)
+    if pool is None:
+        return load_cluster(cluster), launcher
+    from edgepool.pool.key import resolve_key
+    from edgepool.pool.launcher import PoolLauncher
+
+    secret = resolve_key(key, key_file)
+    with open_pool(pool, key, key_file) as client:
+        live = client.cluster()
+        _, agents = client.cluster_spec()
+    return live, PoolLauncher(agents, secret, client.address, name=f"edgepool@{socket.gethostname()}")
+
+
 def _logging(prefix: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)

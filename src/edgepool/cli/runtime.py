@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, open_pool, train_on_pool
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, open_pool, train_on_pool
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -133,9 +133,7 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
-        if (cluster is None) == (pool is None):
-            raise SpecError(field="--cluster/--pool", value=cluster or pool, accepted="exactly one of --cluster "
-                            "FILE (a spec; emulated or local processes) and --pool HOST:PORT (the agents' devices)")
+        one_of(cluster, pool)
         if pool is not None:
             _train_on_pool(pool, key, key_file, model_spec, planner, steps, batch, seq, lr, output,
                            heartbeat_timeout, as_json, console)
