@@ -1,5 +1,6 @@
 """An in-process pool on loopback for tests: a coordinator and agents as threads of the test process, with given
-device figures (no measuring), no mDNS. The agents start real worker processes, as on real devices."""
+device figures (no measuring), no mDNS. The agents start real worker processes, as on real devices; besides
+edgepool's workers they may start the tests' `pool_toy`."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgepool.device import Device
-from edgepool.pool.agent import Agent, AgentConfig
+from edgepool.pool.agent import WORKER_MODULES, Agent, AgentConfig
 from edgepool.pool.client import PoolClient
 from edgepool.pool.coordinator import Coordinator
 from edgepool.pool.launcher import PoolLauncher
@@ -47,7 +48,9 @@ def local_pool(names=("a", "b", "c"), probe_seconds: float = 0.2, timeout_s: flo
     coordinator = Coordinator(key, name="test", host="127.0.0.1", port=0, announce=False,
                               probe_seconds=probe_seconds).start()
     agents = {n: Agent(AgentConfig(n, key, join=("127.0.0.1", coordinator.port), host="127.0.0.1",
-                                   heartbeat_s=0.2), device=device(n)) for n in names}
+                                   heartbeat_s=0.2, worker_modules=WORKER_MODULES | {"pool_toy"},
+                                   code_modules=frozenset({"runtime_toy"})),
+                        device=device(n)) for n in names}
     for a in agents.values():
         threading.Thread(target=a.run, daemon=True).start()
     try:

@@ -67,7 +67,11 @@ def _logging(prefix: str) -> None:
 
 
 def _stop_on_sigterm() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    """`kill` ends the agent or the coordinator as Ctrl-C does: through their clean-up (workers stopped)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,6 +88,8 @@ def register(app: typer.Typer) -> None:
         key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         port: int = typer.Option(0, min=0, max=65535, help="The agent's own port (jobs, link probes); 0: any."),
         discovery_timeout: float = typer.Option(30.0, min=1.0, help="Seconds per mDNS search before retrying."),
+        allow_module: list[str] = typer.Option(None, "--allow-module", help="A module of your own that jobs may "
+                                               "name as model factory or hook (repeatable); none by default."),
     ) -> None:
         """Put this device into a pool: measure it, join the coordinator, run the workers its jobs ask for."""
         from edgepool.pool.agent import Agent, AgentConfig
@@ -97,7 +103,8 @@ def register(app: typer.Typer) -> None:
         _logging(f"edgepool agent {name}")
         logging.getLogger("edgepool.pool").info("measuring this device (compute, memory, memory bandwidth)")
         runner = Agent(AgentConfig(name, secret, join=address, pool=pool_name, port=port,
-                                   discovery_timeout_s=discovery_timeout))
+                                   discovery_timeout_s=discovery_timeout,
+                                   code_modules=frozenset(m.split(".")[0] for m in allow_module or [])))
         _stop_on_sigterm()
         try:
             runner.run()

@@ -6,7 +6,8 @@ registers and sends a heartbeat every second; when the coordinator goes away it 
 own port it answers link probes from other agents and the job sessions of commands (`PoolLauncher`).
 
 A job session may only start edgepool's own worker entry points (`WORKER_MODULES`) with a JSON job file: the
-agent never runs code it is sent. The job's folder on the command's machine is mapped to a folder of the agent
+agent never runs code it is sent, and a job that names code to import (a model factory, iteration hooks) is
+refused unless the device's owner allowed that module (`--allow-module`). The job's folder on the command's machine is mapped to a folder of the agent
 (paths in the job that point into it are rewritten), and what the workers write there (results, progress,
 logs, saved state) is sent back as it changes, before the agent reports a worker's exit. A worker dies with its
 agent (`PR_SET_PDEATHSIG`), as a device that leaves takes its work with it, and a session's workers are killed
@@ -63,6 +64,10 @@ class AgentConfig:
     heartbeat_s: float = 1.0
     discovery_timeout_s: float = 30.0
     reconnect_s: float = 2.0
+    # what this device's owner lets jobs start (set here, on the device; never by a job)
+    worker_modules: frozenset[str] = WORKER_MODULES
+    # modules whose code a job may name (a model factory, iteration hooks): none unless the owner says so
+    code_modules: frozenset[str] = frozenset()
 
 
 class Agent:
@@ -256,7 +261,7 @@ class JobSession:
 
     def _spawn(self, message: dict) -> None:
         wid, module = str(message["id"]), message.get("module")
-        if module not in WORKER_MODULES:
+        if module not in self.agent.config.worker_modules:
             self.channel.send({"type": "exited", "id": wid, "returncode": 126,
                                "reason": f"this agent runs only edgepool's workers; {module!r} is not one"})
             return
@@ -264,6 +269,14 @@ class JobSession:
             log_name = _inside(str(message["log"]))
         except ValueError as exc:
             self.channel.send({"type": "exited", "id": wid, "returncode": 126, "reason": str(exc)})
+            return
+        foreign = [c for c in _named_code(message["payload"])
+                   if c.partition(":")[0].split(".")[0] not in self.agent.config.code_modules]
+        if foreign:
+            self.channel.send({"type": "exited", "id": wid, "returncode": 126,
+                               "reason": f"the job names code of its own ({', '.join(foreign)}); this agent "
+                                         "runs it only if its owner allows the module (edgepool agent "
+                                         "--allow-module MODULE)"})
             return
         remote = str(message["folder"])
         local = self.folders.get(remote)
@@ -341,6 +354,17 @@ def _rebase(value, remote: str, local: str):
     if isinstance(value, list):
         return [_rebase(v, remote, local) for v in value]
     return value
+
+
+def _named_code(value) -> list[str]:
+    """The "module:attribute" names a job asks its worker to import and call: model factories and hooks."""
+    if isinstance(value, dict):
+        named = [value["factory"]] if isinstance(value.get("factory"), str) else []
+        named += [h for h in value.get("hooks") or [] if isinstance(h, str)]
+        return named + [c for k, v in value.items() if k not in ("factory", "hooks") for c in _named_code(v)]
+    if isinstance(value, list):
+        return [c for v in value for c in _named_code(v)]
+    return []
 
 
 def _inside(relative: str) -> Path:
