@@ -277,7 +277,12 @@ def train_on_pool(client, key: bytes, model_spec, planner: str, steps: int, batc
         reporter.event("recovered", r["device"], f"iteration {r['step']} done again "
                                                  f"{r['time_to_interrupted_iteration_s']:.2f} s after losing "
                                                  f"{r['device']}")
-    result = {"source": "measured", "mode": "replay", "pool": client.address, "plans": [p.devices for p in outcome.plans],
+    done = sorted(outcome.completions.values())
+    throughput = (len(done) - 1) * batch / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else None
+    result = {"source": "measured", "mode": "replay", "pool": client.address,
+              "samples_per_s": throughput, "samples_per_s_over": "first to last completed iteration, recoveries "
+                                                                 "included",
+              "plans": [p.devices for p in outcome.plans],
               "recoveries": outcome.recovery_times(), "samples": outcome.samples,
               "events": [{k: v for k, v in e.items() if k != "after"} for e in outcome.events],
               "where": outcome.where, "run_dir": str(outcome.out_dir)}

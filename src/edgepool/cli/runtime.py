@@ -181,6 +181,8 @@ def _train_on_pool(pool, key, key_file, model_spec, planner, steps, batch, seq, 
         return
     out = Console()
     out.print(f"plans: {' -> '.join('+'.join(p) for p in result['plans'])} (pool {result['pool']})")
+    if result["samples_per_s"]:
+        out.print(f"measured: {result['samples_per_s']:.2f} samples/s ({result['samples_per_s_over']})")
     for r in result["recoveries"]:
         out.print(f"{r['device']} lost in iteration {r['step']}: interrupted iteration done again after "
                   f"{r['time_to_interrupted_iteration_s']:.2f} s (pipeline replay)")
