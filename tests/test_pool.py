@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 
@@ -206,3 +207,64 @@ def test_a_job_that_names_code_of_its_own_is_refused(pool, tmp_path):
     job = WorkerJob.create({"out_dir": str(tmp_path), "model": {"factory": "os:system", "kwargs": {}}}, tmp_path)
     with pool.launcher() as launcher, pytest.raises(WorkerFailed, match=r"names code of its own \(os:system\)"):
         run_workers(launcher, "pool_toy", job, ["a"], timeout_s=30)
+
+
+# ---------------------------------------------------------------------------------------------- the commands
+def _cli(*args, env=None):
+    from typer.testing import CliRunner
+    from edgepool.cli import app
+
+    return CliRunner(env=env).invoke(app, list(args))
+
+
+def test_pool_show_export_and_key_on_the_command_line(pool, tmp_path):
+    key = ("--key", pool.key.hex())
+    shown = _cli("pool", "show", "--pool", pool.address, *key)
+    assert shown.exit_code == 0, shown.output
+    assert all(name in shown.output for name in ("a", "b", "c")) and "Mbit/s" in shown.output
+    state = json.loads(_cli("pool", "show", "--pool", pool.address, *key, "--json").output)
+    assert {d["name"] for d in state["devices"]} == {"a", "b", "c"}
+    exported = _cli("pool", "export", str(tmp_path / "live.yaml"), "--pool", pool.address, *key)
+    assert exported.exit_code == 0, exported.output
+    assert sorted(load_cluster(tmp_path / "live.yaml").devices) == ["a", "b", "c"]
+    printed = _cli("pool", "key", "--key-file", str(tmp_path / "k" / "pool.key"))
+    assert printed.exit_code == 0 and pool_key.load_key_file(tmp_path / "k" / "pool.key").hex() == printed.output.strip()
+
+
+@pytest.mark.parametrize("args, field", [
+    (("pool", "show", "--pool", "127.0.0.1:1", "--key", "ab" * 32), "--pool"),  # nothing listens there
+    (("pool", "show", "--pool", "host:notaport", "--key", "ab" * 32), "--pool"),
+    (("agent", "--key", "not-hex"), "--key"),
+    (("agent", "--key", "ab" * 32, "--join", "host:99999"), "--join"),
+])
+def test_bad_pool_input_is_one_line_naming_the_field(args, field):
+    result = _cli(*args, env={"EDGEPOOL_POOL_KEY": ""})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.output, result.output
+
+
+def test_pool_show_with_the_wrong_key_is_refused_in_one_line(pool):
+    result = _cli("pool", "show", "--pool", pool.address, "--key", os.urandom(32).hex())
+    assert result.exit_code == 2 and "wrong pool key" in result.output and "Traceback" not in result.output
+
+
+def test_the_accelerator_is_reported_as_torch_sees_it(monkeypatch):
+    import torch
+    from edgepool import local_device
+
+    class Props:
+        name, total_memory = "Orin (nvgpu)", 32 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    found = local_device.detect_accelerator()
+    assert found["kind"] == "cuda" and found["name"] == "Orin (nvgpu)" and found["memory_bytes"] == 32 * 2**30
+    monkeypatch.setattr(local_device, "_read_text", lambda path: "NVIDIA Jetson AGX Orin Developer Kit\x00")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML here
+    assert local_device.detect_accelerator()["board"] == "NVIDIA Jetson AGX Orin Developer Kit"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(local_device, "_read_text", lambda path: "")
+    assert local_device.detect_accelerator() is None  # a plain CPU host

@@ -23,8 +23,12 @@ def _exit_code(exc: Exception) -> int | None:
     from edgepool.errors import SpecError
     from edgepool.testbed.launcher import WorkerFailed
 
-    if isinstance(exc, SpecError):
+    from edgepool.pool.channel import ChannelClosed, Refused
+
+    if isinstance(exc, (SpecError, Refused)):  # a wrong pool key is bad input too
         return 2
+    if isinstance(exc, ChannelClosed):
+        return 1
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         return 2
     if isinstance(exc, (WorkerFailed, TimeoutError)):
