@@ -263,6 +263,7 @@ def test_the_accelerator_is_reported_as_torch_sees_it(monkeypatch):
     assert found["kind"] == "cuda" and found["name"] == "Orin (nvgpu)" and found["memory_bytes"] == 32 * 2**30
     monkeypatch.setattr(local_device, "_read_text", lambda path: "NVIDIA Jetson AGX Orin Developer Kit\x00")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML here
+    monkeypatch.setitem(sys.modules, "jtop", None)  # nor jetson-stats
     assert local_device.detect_accelerator()["board"] == "NVIDIA Jetson AGX Orin Developer Kit"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

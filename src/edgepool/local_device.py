@@ -64,7 +64,7 @@ def detect_accelerator() -> dict | None:
     """The accelerator this host has, as torch or the vendor's tools report it (None: CPU only).
 
     CUDA (desktop GPUs, Jetson boards) and Apple MPS through torch; on a Jetson the board's model from the device
-    tree; NVML (`pynvml`) for the driver's view where it is installed. Reported, not measured: the planners use
+    tree or jetson-stats (`jtop`); NVML (`pynvml`) for the driver's view where it is installed. Reported, not measured: the planners use
     the CPU figures `measure_local_device` measured unless the device's spec says otherwise."""
     found: dict | None = None
     if torch.cuda.is_available():
@@ -78,6 +78,15 @@ def detect_accelerator() -> dict | None:
     if model and ("jetson" in model.lower() or "nvidia" in model.lower()):
         found = {**(found or {"kind": "cuda", "count": 1, "memory_bytes": None, "source": "device tree"}),
                  "board": model.strip("\x00 \n")}
+    try:
+        from jtop import jtop  # optional: jetson-stats, where its service runs on a Jetson
+
+        with jtop() as jetson:
+            board = jetson.board.get("hardware", {})
+        found = {**(found or {"kind": "cuda", "count": 1, "memory_bytes": None}),
+                 "board": board.get("Model") or (found or {}).get("board"), "source": "jetson-stats"}
+    except Exception:  # noqa: BLE001 - absent library or service
+        pass
     try:
         import pynvml  # optional: NVIDIA's management library
 
