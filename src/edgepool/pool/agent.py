@@ -33,7 +33,7 @@ import psutil
 
 from edgepool.device import Device
 from edgepool.local_device import detect_accelerator, measure_local_device
-from edgepool.pool.channel import Channel, ChannelClosed, Refused, accept, connect
+from edgepool.pool.channel import Channel, ChannelClosed, Refused, accept, connect, serve_connections
 from edgepool.runtime.harness import worker_argv, write_job
 
 log = logging.getLogger("edgepool.pool")
@@ -88,7 +88,7 @@ class Agent:
 
     def start_listening(self) -> None:
         self.listener = socket.create_server((self.config.host, self.config.port), reuse_port=False)
-        threading.Thread(target=self._accept_loop, daemon=True, name="agent-accept").start()
+        serve_connections(self.listener, self._serve, self.stop, "agent-session")
 
     def run(self) -> None:
         """Measure, listen, join; rejoin whenever the coordinator is lost. Raises `Refused` on a wrong key."""
@@ -179,14 +179,6 @@ class Agent:
             pass
 
     # ------------------------------------------------------------------ the agent's own port
-    def _accept_loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), daemon=True, name="agent-session").start()
-
     def _serve(self, sock: socket.socket) -> None:
         accepted = accept(sock, self.config.key, roles=("client", "probe"), welcome={"device": self.config.name})
         if accepted is None:

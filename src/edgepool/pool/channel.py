@@ -163,3 +163,18 @@ def accept(sock: socket.socket, key: bytes, roles: tuple[str, ...] = ROLES,
         return None
     channel.peer_name = f"{role} {name}"
     return channel, Hello(role, name, address, hello.get("info") or {})
+
+
+def serve_connections(listener: socket.socket, handle, stop: threading.Event, name: str) -> threading.Thread:
+    """Accept on `listener` until it is closed or `stop` is set; `handle(sock)` runs in a thread per connection."""
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(sock,), daemon=True, name=name).start()
+
+    thread = threading.Thread(target=loop, daemon=True, name=f"{name}-accept")
+    thread.start()
+    return thread

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgepool.device import Device
-from edgepool.pool.channel import Channel, ChannelClosed, Hello, accept
+from edgepool.pool.channel import Channel, ChannelClosed, Hello, accept, serve_connections
 
 log = logging.getLogger("edgepool.pool")
 
@@ -81,7 +81,7 @@ class Coordinator:
     def start(self) -> "Coordinator":
         self.listener = socket.create_server((self.host, self.port))
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept_loop, daemon=True, name="pool-accept").start()
+        serve_connections(self.listener, self._serve, self.stop, "pool-connection")
         threading.Thread(target=self._monitor, daemon=True, name="pool-monitor").start()
         if self.announce:
             from edgepool.pool.discovery import Announcement
@@ -111,14 +111,6 @@ class Coordinator:
         log.info("%s", text)
 
     # ------------------------------------------------------------------ connections
-    def _accept_loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), daemon=True, name="pool-connection").start()
-
     def _serve(self, sock: socket.socket) -> None:
         accepted = accept(sock, self.key, roles=("agent", "client"), admit=self._admit,
                           welcome={"pool": self.name}, on_refused=self._refused)
