@@ -263,7 +263,8 @@ class Coordinator:
             links = [{"a": a, "b": b, "bandwidth_mbit_s": m["bandwidth_bytes_per_s"] * 8 / 1e6,
                       "rtt_ms": m["rtt_s"] * 1e3, "measured_at": m["measured_at"]} for (a, b), m in self.links.items()
                      if a in self.members and b in self.members]
-            return {"pool": {"name": self.name, "coordinator": f"{self.host}:{self.port}", "started": self.started,
+            host = socket.gethostname() if self.host in ("0.0.0.0", "", "::") else self.host
+            return {"pool": {"name": self.name, "coordinator": f"{host}:{self.port}", "started": self.started,
                              "now": now},
                     "devices": [m.view(now) for m in self.members.values()],
                     "links": links, "job": self.job, "events": list(self.events)}
