@@ -100,8 +100,10 @@ class PooledExecutor:
 
     def __init__(self, folder: str | Path, stages: list[Stage], launcher, *,
                  num_blocks: Callable[[list[Stage]], int], replan: Callable[[list[str]], list[Stage]],
-                 options: PoolOptions | None = None, work_dir: str | Path | None = None):
+                 options: PoolOptions | None = None, work_dir: str | Path | None = None,
+                 model: str | None = None):
         self.folder, self.launcher = Path(folder), launcher
+        self.model = model  # the checkpoint's name, which a device without `folder` resolves itself
         self.block_budget, self.replan = num_blocks, replan
         self.options = options or PoolOptions()
         self.work_dir = Path(work_dir) if work_dir else None
@@ -142,7 +144,7 @@ class PooledExecutor:
         self.stages, self._step = list(stages), 0
         self.num_blocks = self.block_budget(self.stages)
         payload = {"devices": self.devices, "stages": [(s.first, s.end) for s in stages],
-                   "folder": str(self.folder), "generation": self.generation, "num_blocks": self.num_blocks,
+                   "folder": str(self.folder), "model": self.model, "generation": self.generation, "num_blocks": self.num_blocks,
                    "block_size": self.options.block_size, "num_host_blocks": self.options.num_host_blocks,
                    "dtype": self.options.dtype, "threads": self.options.threads,
                    "store_host": self.store_host, "store_port": self.store_port,

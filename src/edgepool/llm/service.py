@@ -76,7 +76,7 @@ def pooled_engine(checkpoint: Checkpoint, profile: LLMProfile, cluster: Cluster,
                           num_blocks=lambda stages: pool_blocks(profile, cluster, stages, block_size, max_blocks),
                           replan=replan, options=PoolOptions(block_size=block_size, num_host_blocks=max_blocks,
                                                              threads=threads or {}),
-                          work_dir=work_dir)
+                          work_dir=work_dir, model=checkpoint.name)
     try:
         return Engine(engine_config(checkpoint, pool.num_blocks, block_size=block_size, **options),
                       executor=pool, model_config=checkpoint.config(),

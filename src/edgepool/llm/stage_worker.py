@@ -24,6 +24,16 @@ from edgepool.runtime.netif import choose_gloo_interface
 from edgepool.serving.engine import PagedKVCache, sample_tokens
 
 
+def _checkpoint_folder(job: dict) -> str:
+    """The checkpoint on this device: the coordinator's folder when this device has it (one machine, a shared
+    disk), else the checkpoint the name resolves to here (a short name: converted once from its package)."""
+    if os.path.isdir(job["folder"]) or not job.get("model"):
+        return job["folder"]
+    from edgepool.llm.checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(job["model"], progress=False).folder)
+
+
 def main(job_path: str) -> None:
     job = read_job(job_path)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -37,7 +47,7 @@ def main(job_path: str) -> None:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=job.get("timeout_s", 120)))
     a, b = job["stages"][rank]
     dtype = getattr(torch, job.get("dtype", "float32"))
-    stage = StageModel.load(job["folder"], range(a, b), first=rank == 0, last=rank == world - 1, dtype=dtype)
+    stage = StageModel.load(_checkpoint_folder(job), range(a, b), first=rank == 0, last=rank == world - 1, dtype=dtype)
     cache = PagedKVCache(stage.config, job["num_blocks"], job["block_size"], job["num_host_blocks"], dtype,
                          layers=stage.layer_range)
     from edgepool.testbed.worker import apply_cpu_quota
