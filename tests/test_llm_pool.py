@@ -1,7 +1,8 @@
 """Issue 16, items 5 and 6: the serving engine over a real checkpoint (SmolLM2-135M-Instruct), in one process and
 as a pool of stage processes, answers greedily exactly as `transformers`' `generate` does, token for token:
 for 1, 2 and 3 (uneven) stages, with preemption by recompute and by swap, after a stage's process is killed with
-SIGKILL mid-generation (no request lost, the survivors re-planned to hold every layer) and after a device joins.
+SIGKILL mid-generation (no request lost, the survivors re-planned to hold every layer), after a device joins,
+and with the stages started by pool agents, one of which leaves.
 
 The pooled tests start real worker processes (`LocalLauncher`) and are marked slow; each pool is started once per
 module and shared by the tests that need its stage count (a pool start costs ~10 s on two cores). The unit tests
@@ -375,3 +376,23 @@ def test_a_pool_that_shrinks_ends_what_no_longer_fits_and_caps_the_rest():
     while engine.has_work():
         engine.step()
     assert short.state is RequestState.FINISHED and short.num_generated == short.max_new_tokens
+
+
+@pytest.mark.slow
+def test_stages_on_pool_agents_replan_when_an_agent_leaves(ckpt, tokenizer, prompts, reference):
+    """The same engine with its stages started by the pool's agents (`PoolLauncher`): an agent that leaves
+    mid-generation takes its stage with it; the engine re-plans on the others and every answer stays exact."""
+    from pool_local import local_pool
+
+    with local_pool(("a", "b", "c")) as p, p.launcher() as launcher:
+        pool = PooledExecutor(ckpt.folder, [Stage("a", 0, 10), Stage("b", 10, 20), Stage("c", 20, NUM_LAYERS)],
+                              launcher, num_blocks=lambda st: 64, replan=lambda d: even_stages(d, NUM_LAYERS))
+        try:
+            engine = _engine(ckpt, tokenizer, pool=pool)
+            requests = _generate(engine, prompts, "pa",
+                                 after_step=lambda step, _: step == 4 and p.agents["b"].close())
+            _assert_equal(requests, reference)
+            assert [(e.kind, e.devices) for e in pool.events] == [("left", ["b"])]
+            assert pool.devices == ["a", "c"] and _covers_all_layers(pool)
+        finally:
+            pool.close()
