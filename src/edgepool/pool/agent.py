@@ -171,7 +171,7 @@ class Agent:
                 reply["measurement"] = run_probe(peer.sock, seconds=float(message.get("seconds", 1.0))).to_dict()
             finally:
                 peer.close()
-        except (OSError, ConnectionError, TimeoutError) as exc:
+        except (OSError, ConnectionError, TimeoutError, ValueError) as exc:  # ValueError: bad probe settings
             reply["error"] = str(exc)
         try:
             channel.send(reply)
