@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from edgepool.catalog import list_devices
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, pool_cluster
 from edgepool.cli.tables import narrow_table
 from edgepool.cluster import load_cluster
 from edgepool.costmodel import CostModel
@@ -71,7 +73,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def estimate(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example name."),
+        cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example name; or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(...),
         batch: int = typer.Option(8, min=1),
         seq: int = typer.Option(None, min=1),
@@ -79,7 +84,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Per device: time per batch and memory to run the whole model alone, and whether it fits (simulated)."""
-        spec = load_cluster(cluster)
+        one_of(cluster, pool)
+        spec = load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
         bundle = build_model(model, meta=True)
         prof = profile_model(bundle, batch=1, seq=seq)
         rows = estimate_alone(prof, spec, CostModel(precision=precision), batch)

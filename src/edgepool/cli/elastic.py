@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher, one_of, pool_cluster
 from edgepool.errors import SpecError
 
 _FLAGS = {"failures": "--fail", "joins": "--join", "recovery": "--mode"}  # library names as these commands spell them
@@ -51,7 +52,12 @@ def parse_events(fail: list[str], join: list[str], devices) -> list:
 def register(app: typer.Typer) -> None:
     @app.command("train-elastic")
     def train_elastic(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example (home, jetson-lab, site64)."),
+        cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example (home, jetson-lab, site64); "
+                                               "or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices; --fail "
+                                                      "kills a device's worker through its agent."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(..., help="A zoo model name."),
         planner: str = typer.Option("gpipe", help="Training planner used at the start and for every re-plan."),
         steps: int = typer.Option(10, min=1, help="Training iterations."),
@@ -68,14 +74,15 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(0.01, help="Learning rate (SGD)."),
         launcher: str = typer.Option("local", help="local (plain processes on loopback) or testbed (each device "
                                                   "in its cgroup and network namespace, emulating the cluster; "
-                                                  "root; falls back to local, saying why)."),
+                                                  "root; falls back to local, saying why); with --pool: the "
+                                                  "agents."),
         output: Path = typer.Option(None, "-o", "--output", file_okay=False,
                                     help="Folder for the run (logs, result.json)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Train for real (local processes or the testbed) while devices fail and join; report recovery times."""
+        """Train for real (local processes, the testbed or the pool) while devices fail and join; report recovery
+        times."""
         from edgepool.cli.runtime import _overrides, as_flags
-        from edgepool.cluster import load_cluster
         from edgepool.elastic.recovery import ElasticRun, Supervision, Training
         from edgepool.elastic.replan import default_replan
         from edgepool.elastic.strategy import recovery_strategy
@@ -85,7 +92,7 @@ def register(app: typer.Typer) -> None:
             strategy = recovery_strategy(mode, checkpoint_every=checkpoint_every)
         except SpecError as exc:
             raise as_flags(exc, _FLAGS) from None
-        spec = load_cluster(cluster)
+        spec, launcher = cluster_and_launcher(cluster, launcher, pool, key, key_file)
         model_spec = ModelSpec(name=model, overrides=_overrides(override))
         failures = [parse_failure(f) for f in fail or []]
         joins = [parse_join(j, spec.devices) for j in join or []]
@@ -112,7 +119,9 @@ def register(app: typer.Typer) -> None:
         out = Console()
         out.print(f"plans: {' -> '.join('+'.join(p) for p in result['plans'])}")
         where = outcome.where
-        if where.get("launcher") == "testbed":
+        if where.get("launcher") == "pool":
+            out.print(f"ran on the pool {where.get('coordinator', pool)}: one worker per device, started by its agent")
+        elif where.get("launcher") == "testbed":
             out.print(f"ran on the testbed {where['run_id']} emulating {where['cluster']} (CPU quotas, memory limits, "
                       "link bandwidths)")
         elif where.get("fallback_reason"):
@@ -125,7 +134,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("simulate-failure")
     def simulate_failure(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example."),
+        cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example; or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(..., help="A zoo model name."),
         batch: int = typer.Option(32, min=1, help="Samples per iteration."),
         planner: str = typer.Option("hybrid", help="Training planner (also used to re-plan)."),
@@ -148,7 +160,8 @@ def register(app: typer.Typer) -> None:
         from edgepool.models import build_model
         from edgepool.profile import profile_model
 
-        spec = load_cluster(cluster)
+        one_of(cluster, pool)
+        spec = load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
         profile = profile_model(build_model(model, meta=True), batch=1)
         cm = CostModel(optimizer="sgd")
         events = parse_events(fail, join, spec.devices)

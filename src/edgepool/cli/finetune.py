@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher
 from edgepool.errors import SpecError
 from edgepool.runtime.launch import LAUNCHERS
 
@@ -51,8 +52,13 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("pac", help="pac | lora | full | adapters"),
         epochs: int = typer.Option(3, min=1),
         cluster: str | None = typer.Option(None, help="cluster YAML or example name: collaborative PAC across its devices"),
-        devices: int | None = typer.Option(None, help="with --cluster: use the first N devices"),
-        plan: Path | None = typer.Option(None, help="with --cluster: a training Plan (pure pipeline) for the stages"),
+        pool: str | None = typer.Option(None, "--pool", help=POOL_HELP + " Collaborative PAC across the agents' "
+                                        "devices (instead of --cluster)."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        devices: int | None = typer.Option(None, help="with --cluster/--pool: use the first N devices"),
+        plan: Path | None = typer.Option(None, help="with --cluster/--pool: a training Plan (pure pipeline) for "
+                                         "the stages"),
         other_cluster: bool = typer.Option(False, "--other-cluster",
                                            help="accept a --plan made for a cluster of another name"),
         launcher: str | None = typer.Option(None, help="with --cluster: local (plain processes, the default) or "
@@ -85,25 +91,33 @@ def register(app: typer.Typer) -> None:
                                     bottleneck=bottleneck, cache_dir=cache_dir, cache_memory_budget_mb=cache_memory_mb,
                                     cache_disk_budget_mb=cache_disk_mb, cache_dtype=cache_dtype,
                                     threads=threads).validate()
-            if plan is not None and cluster is None:
-                raise SpecError(field="--plan", value=str(plan), accepted="a plan together with --cluster")
+            collaborative = cluster is not None or pool is not None
+            if plan is not None and not collaborative:
+                raise SpecError(field="--plan", value=str(plan), accepted="a plan together with --cluster or --pool")
             if launcher is not None and (cluster is None or launcher not in LAUNCHERS):
                 raise SpecError(field="--launcher", value=launcher,
-                                accepted=f"{' or '.join(LAUNCHERS)}, together with --cluster")
-            if cluster is not None:
+                                accepted=f"{' or '.join(LAUNCHERS)}, together with --cluster (--pool: the agents)")
+            if collaborative:
                 if method != "pac":
-                    raise SpecError(field="--method", value=method, accepted="pac (with --cluster)")
+                    raise SpecError(field="--method", value=method, accepted="pac (with --cluster or --pool)")
                 from edgepool.finetune.collaborative import cluster_speeds, run_collaborative
 
-                pool = _resolve_cluster(cluster)
+                if pool is None:
+                    spec, workers = _resolve_cluster(cluster), launcher or "local"
+                else:
+                    spec, workers = cluster_and_launcher(cluster, "local", pool, key, key_file)
                 chosen = None
                 if plan is not None:
                     from edgepool.plan import load_plan
 
-                    chosen = load_plan(plan, cluster=pool, other_cluster=other_cluster)
-                names, speeds = cluster_speeds(pool, None if chosen else devices)
-                report = run_collaborative(config, names, speeds, plan=chosen, launcher=launcher or "local",
-                                           cluster=pool)
+                    chosen = load_plan(plan, cluster=spec, other_cluster=other_cluster)
+                names, speeds = cluster_speeds(spec, None if chosen else devices)
+                if isinstance(workers, str):
+                    report = run_collaborative(config, names, speeds, plan=chosen, launcher=workers, cluster=spec)
+                else:
+                    with workers:  # the pool's launcher: workers on the agents' devices
+                        report = run_collaborative(config, names, speeds, plan=chosen, launcher=workers,
+                                                   cluster=spec)
                 console.print(f"collaborative PAC over {len(report['layout']['devices'])} processes: "
                               f"{', '.join(report['layout']['devices'])}; {report['where']}")
                 report |= {"model": model, "config": asdict(config)}

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher
 from edgepool.errors import SpecError
 
 PLANS = {"auto": "auto", "tp": "tp", "even-tp": "even-tp", "pipeline": "pipeline", "single": "single",
          "hybrid": "hybrid"}
 
 
-def _setup(cluster: str, model: str, batch: int, seq: int, phase: str = "prefill", context: int = 0,
+def _setup(spec, model: str, batch: int, seq: int, phase: str = "prefill", context: int = 0,
            plan: str = "auto"):
-    from edgepool.cluster import load_cluster
     from edgepool.costmodel import CostModel
     from edgepool.inference.planner import plan_inference
     from edgepool.inference.simulate import RequestShape, simulate_inference
@@ -24,7 +25,6 @@ def _setup(cluster: str, model: str, batch: int, seq: int, phase: str = "prefill
 
     if plan not in PLANS:
         raise SpecError(field="--plan", value=plan, accepted=", ".join(PLANS))
-    spec = load_cluster(cluster)
     bundle = build_model(model, meta=True)
     if bundle.kind not in ("encoder", "decoder"):
         raise SpecError(field="--model", value=model, accepted="a Transformer language model (bert-*, gpt2*, *llama*)")
@@ -36,9 +36,12 @@ def _setup(cluster: str, model: str, batch: int, seq: int, phase: str = "prefill
     return spec, chosen, simulated
 
 
-def _launcher(kind: str, spec, devices):
+def _launcher(launcher, spec, devices):
+    """A launcher by name (local, testbed) for `devices` of `spec`, or the one given (the pool's)."""
+    if not isinstance(launcher, str):
+        return launcher
     from edgepool.testbed.launcher import make_launcher
-    return make_launcher(kind, spec, devices=devices)
+    return make_launcher(launcher, spec, devices=devices)
 
 
 def _runnable(model: str) -> None:
@@ -51,12 +54,17 @@ def _runnable(model: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def infer(
-        cluster: str = typer.Option(..., "--cluster", help="Cluster YAML (or an example name: home, jetson-lab, site64)."),
+        cluster: str = typer.Option(None, "--cluster", help="Cluster YAML (or an example name: home, jetson-lab, "
+                                                            "site64); or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(..., "--model", help="bert-base, gpt2, bert-tiny, gpt2-tiny, llama-tiny, ..."),
         plan: str = typer.Option("auto", "--plan", help="auto | tp | even-tp | pipeline | single | hybrid"),
         seq: int = typer.Option(128, "--seq", min=1, help="Tokens in the request."),
         batch: int = typer.Option(1, "--batch", min=1),
-        launcher: str = typer.Option("local", "--launcher", help="local | testbed (falls back to local without root)."),
+        launcher: str = typer.Option("local", "--launcher", help="local | testbed (falls back to local without "
+                                                                 "root); with --pool: the agents."),
         run: bool = typer.Option(True, "--run/--no-run", help="Also execute the plan for real."),
         repeats: int = typer.Option(3, "--repeats", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -65,7 +73,8 @@ def register(app: typer.Typer) -> None:
         """Plan one Transformer forward pass across the cluster, simulate it, and (by default) run it."""
         from edgepool.inference.runner import RunSpec, measure_plan
 
-        spec, chosen, simulated = _setup(cluster, model, batch, seq, plan=plan)
+        spec, launcher = cluster_and_launcher(cluster, launcher, pool, key, key_file)
+        spec, chosen, simulated = _setup(spec, model, batch, seq, plan=plan)
         result = {"plan": json.loads(chosen.to_json()), "simulated": json.loads(simulated.to_json()), "measured": None}
         if not chosen.feasible:
             result["error"] = f"infeasible, not run: {chosen.infeasible_reason}"
@@ -99,12 +108,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def generate(
-        cluster: str = typer.Option(..., "--cluster"),
+        cluster: str = typer.Option(None, "--cluster", help="Cluster YAML or an example name; or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(..., "--model", help="A decoder: gpt2, gpt2-tiny, llama-tiny, ..."),
         prompt: str = typer.Option(..., "--prompt"),
         max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
         plan: str = typer.Option("pipeline", "--plan", help="pipeline (layer sharding) | auto | tp | single | hybrid"),
-        launcher: str = typer.Option("local", "--launcher", help="local | testbed"),
+        launcher: str = typer.Option("local", "--launcher", help="local | testbed; with --pool: the agents."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Greedy generation, streaming tokens as the devices produce them (zoo models have random weights:
@@ -119,7 +131,8 @@ def register(app: typer.Typer) -> None:
         ids = [b % bundle.vocab_size for b in prompt.encode("utf-8")] or [0]
         from edgepool.profile import check_seq
         check_seq(bundle, len(ids) + max_new_tokens, field="prompt bytes + --max-new-tokens")
-        spec, chosen, simulated = _setup(cluster, model, 1, 1, phase="decode", context=len(ids) + max_new_tokens,
+        spec, launcher = cluster_and_launcher(cluster, launcher, pool, key, key_file)
+        spec, chosen, simulated = _setup(spec, model, 1, 1, phase="decode", context=len(ids) + max_new_tokens,
                                          plan=plan)
         if not chosen.feasible:
             typer.echo(f"INFEASIBLE (not run): {chosen.infeasible_reason}")

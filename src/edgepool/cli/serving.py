@@ -1,8 +1,11 @@
 """`edgepool serve` (OpenAI-compatible HTTP over the real engine) and `edgepool serve-sim` (policy simulator)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher, one_of
 from edgepool.errors import SpecError
 
 
@@ -13,9 +16,13 @@ def register(app: typer.Typer) -> None:
                                   "name (smollm2-135m-instruct); llama-tiny, llama-small, llama-base are "
                                   "random-weight models for timing only."),
         cluster: str = typer.Option(None, "--cluster", help="Serve across this cluster's devices (a name or "
-                                    "YAML file); without it, this process serves alone."),
+                                    "YAML file); without it (and --pool), this process serves alone."),
         launcher: str = typer.Option("local", "--launcher", help="local | testbed: how the devices' processes "
                                      "start (testbed: emulated CPU speeds, memory and links; needs root)."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP + " Serves across the agents' devices (a device "
+                                 "without this checkpoint's folder resolves a short name itself)."),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         requests: int = typer.Option(16, "--concurrent", min=1, help="Concurrent requests the pool is planned for."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
         policy: str = typer.Option("vllm", help="vllm, max-reserve, padding, padding-cost, padding-cost-fcfs."),
@@ -28,17 +35,19 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, help="torch CPU threads (per process)."),
     ) -> None:
         """Serve an LLM over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models, /health),
-        in this process or across a cluster's devices."""
+        in this process or across a cluster's devices (--cluster) or the pool's (--pool)."""
         import torch
         import uvicorn
 
         from edgepool.serving.api import create_app
         from edgepool.serving.engine import MODEL_CONFIGS
 
+        if cluster is not None and pool is not None:
+            one_of(cluster, pool)  # before the checkpoint is resolved (converted, the first time)
         torch.set_num_threads(threads)
         if model in MODEL_CONFIGS:
-            if cluster:
-                raise SpecError(field="--model", value=model, accepted="a real checkpoint with --cluster",
+            if cluster or pool:
+                raise SpecError(field="--model", value=model, accepted="a real checkpoint with --cluster or --pool",
                                 hint="random-weight zoo models are served by one process only")
             engine = _zoo_engine(model, policy, kv_blocks, block_size, max_batch_requests, max_waiting)
             typer.echo(f"serving {model} (RANDOM weights: for timing, not prose) on http://{host}:{port}/v1", err=True)
@@ -50,7 +59,7 @@ def register(app: typer.Typer) -> None:
         checkpoint = resolve_checkpoint(model)
         options = dict(policy=policy, block_size=block_size, max_batch_requests=max_batch_requests,
                        max_waiting=max_waiting)
-        if not cluster:
+        if not cluster and not pool:
             if dry_run:
                 typer.echo(f"{checkpoint.name} ({checkpoint.source}) in this process")
                 return
@@ -58,7 +67,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"serving {checkpoint.name} in this process on http://{host}:{port}/v1", err=True)
             uvicorn.run(create_app(engine, checkpoint.name), host=host, port=port, log_level="info")
             return
-        _serve_pool(checkpoint, cluster, launcher, requests, dry_run, host, port, threads, options)
+        spec, launcher = cluster_and_launcher(cluster, launcher, pool, key, key_file)
+        _serve_pool(checkpoint, spec, launcher, requests, dry_run, host, port, threads, options)
 
     @app.command("serve-sim")
     def serve_sim(
@@ -129,21 +139,22 @@ def _zoo_engine(model: str, policy: str, kv_blocks: int, block_size: int, max_ba
     return Engine(config, predictor=predictor)
 
 
-def _serve_pool(checkpoint, cluster_name: str, launcher_kind: str, requests: int, dry_run: bool, host: str,
+def _serve_pool(checkpoint, spec, launcher_kind, requests: int, dry_run: bool, host: str,
                 port: int, threads: int, options: dict) -> None:
-    """Plan the pool, print the plan and its predictions, then serve through its stages until stopped."""
+    """Plan the pool, print the plan and its predictions, then serve through its stages until stopped.
+    `launcher_kind`: local or testbed (devices of the spec `spec`), or the pool's launcher (the agents)."""
     import uvicorn
 
-    from edgepool.cluster import load_cluster
     from edgepool.llm.planner import LLMWorkload, plan_llm
     from edgepool.llm.service import planning_view, pooled_engine
     from edgepool.runtime.launch import make_run_launcher
     from edgepool.serving.api import create_app
 
-    spec = load_cluster(cluster_name)
     workload = LLMWorkload(requests=requests)
     with make_run_launcher(launcher_kind, spec) as launcher:
         profile, planned, basis = planning_view(checkpoint, spec, launcher)
+        if getattr(launcher, "kind", "") == "pool":
+            basis = f"the pool's devices and links as measured ({spec.source}), roofline cost model"
         plan = plan_llm(profile, planned, workload)
         _print_plan(plan, basis)
         if not plan.feasible:

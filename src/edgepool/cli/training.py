@@ -7,8 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, pool_cluster
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
+
+CLUSTER_HELP = "Cluster YAML file or a shipped example (home, jetson-lab, site64); or --pool."
 
 
 def _fail(exc: Exception) -> None:
@@ -31,10 +34,21 @@ def _cost_model(precision: str, optimizer: str):
                         accepted=str(exc).split("accepted: ")[-1]) from None
 
 
+def _cluster(cluster: str | None, pool: str | None, key: str | None, key_file: Path | None):
+    """The devices to plan on: a spec (`--cluster`) or the live pool (`--pool`), exactly one of them."""
+    from edgepool.cluster import load_cluster
+
+    one_of(cluster, pool)
+    return load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example (home, jetson-lab, site64)."),
+        cluster: str = typer.Option(None, help=CLUSTER_HELP),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(..., help="A zoo model name (see `edgepool profile --help`)."),
         batch: int = typer.Option(..., min=1, help="Samples per training iteration."),
         planner: str = typer.Option("hybrid", help="dp, dp-proportional, gpipe, pipedream, hybrid, dmp."),
@@ -44,12 +58,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
         output: Path = typer.Option(None, "-o", "--output", dir_okay=False, help="Write the plan JSON here."),
     ) -> None:
-        """Plan training of MODEL on CLUSTER (the planner's own estimate is in `predicted`)."""
-        from edgepool.cluster import load_cluster
+        """Plan training of MODEL on CLUSTER or the pool (the planner's own estimate is in `predicted`)."""
         from edgepool.planners import get_planner
         try:
             planner_obj = get_planner(planner)
-            cl = load_cluster(cluster)
+            cl = _cluster(cluster, pool, key, key_file)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
             result = planner_obj.plan(prof, cl, cost_model, batch)
@@ -83,7 +96,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
         plan_file: Path = typer.Argument(..., help="A plan JSON from `edgepool plan -o`."),
-        cluster: str = typer.Option(..., help="The cluster the plan was made for."),
+        cluster: str = typer.Option(None, help="The cluster the plan was made for; or --pool."),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         other_cluster: bool = typer.Option(False, "--other-cluster",
                                            help="Accept a plan made for a cluster of another name (same devices)."),
         precision: str = typer.Option(None, help="Default: the plan's precision."),
@@ -94,11 +110,10 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(None, "-o", "--output", dir_okay=False, help="Write the report JSON here."),
     ) -> None:
         """Replay one iteration of a plan micro-batch by micro-batch (simulated, not measured)."""
-        from edgepool.cluster import load_cluster
         from edgepool.plan import load_plan
         from edgepool.simulator import simulate as run_simulation
         try:
-            cl = load_cluster(cluster)
+            cl = _cluster(cluster, pool, key, key_file)
             the_plan = load_plan(plan_file, cluster=cl, other_cluster=other_cluster)
             cost_model = _cost_model(precision or the_plan.precision, optimizer)
             prof = _profile(the_plan.model, the_plan.seq)
@@ -130,7 +145,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def compare(
-        cluster: str = typer.Option(..., help="Cluster YAML file or a shipped example."),
+        cluster: str = typer.Option(None, help=CLUSTER_HELP),
+        pool: str = typer.Option(None, "--pool", help=POOL_HELP),
+        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
+        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
         model: str = typer.Option(...),
         batch: int = typer.Option(..., min=1),
         seq: int = typer.Option(None, min=1),
@@ -139,9 +157,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Every planner side by side: simulated throughput, speed-up over dp, memory headroom, feasibility."""
-        from edgepool.cluster import load_cluster
         try:
-            cl = load_cluster(cluster)
+            cl = _cluster(cluster, pool, key, key_file)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
             from edgepool.planners.compare import compare_planners

@@ -187,6 +187,9 @@ def _where(launcher) -> str:
     if info.get("launcher") == "testbed":
         return ("measured on the emulated testbed: one process per device in its cgroup and network namespace "
                 "(CPU quota, shaped links), gloo")
+    if info.get("launcher") == "pool":
+        return (f"measured on the pool {info.get('coordinator', '')}: one process per device, started by its agent, "
+                "gloo over the real links")
     where = "measured: one process per device on this machine, gloo over loopback"
     if info.get("fallback_reason"):
         where += f" (testbed unavailable: {info['fallback_reason']})"

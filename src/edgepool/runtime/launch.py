@@ -21,9 +21,13 @@ DEFAULT_MASTER_PORT = 29500
 
 def make_run_launcher(kind: str, cluster: Cluster | None, **testbed_options):
     """A launcher for runs on `cluster`: the testbed emulates all its devices (so CPU quotas are relative to
-    the cluster's fastest device whatever subset a plan uses); falls back to local without root."""
+    the cluster's fastest device whatever subset a plan uses); falls back to local without root. `kind` may
+    also be a launcher already made (the pool's, `edgepool.pool.launcher.PoolLauncher`): it is returned as it
+    is, and the caller's `with` starts and tears it down as it would one made here."""
     from edgepool.testbed.launcher import make_launcher
 
+    if not isinstance(kind, str):
+        return kind
     if kind not in LAUNCHERS:
         raise SpecError(field="launcher", value=kind, accepted=", ".join(LAUNCHERS),
                         hint="for real hosts, start one worker per host with torchrun (`torchrun_commands`)")
