@@ -228,7 +228,8 @@ def test_pool_show_export_and_key_on_the_command_line(pool, tmp_path):
     assert exported.exit_code == 0, exported.output
     assert sorted(load_cluster(tmp_path / "live.yaml").devices) == ["a", "b", "c"]
     printed = _cli("pool", "key", "--key-file", str(tmp_path / "k" / "pool.key"))
-    assert printed.exit_code == 0 and pool_key.load_key_file(tmp_path / "k" / "pool.key").hex() == printed.output.strip()
+    assert printed.exit_code == 0
+    assert pool_key.load_key_file(tmp_path / "k" / "pool.key").hex() == printed.output.strip()
 
 
 @pytest.mark.parametrize("args, field", [

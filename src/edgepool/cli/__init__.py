@@ -52,7 +52,8 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import bench, core, demo, elastic, finetune, inference, pool, power, report, runtime, serving, training  # noqa: E402
+from . import (bench, core, demo, elastic, finetune, inference, pool, power, report, runtime,  # noqa: E402
+               serving, training)
 
 for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, bench):
     _area.register(app)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from edgepool.catalog import list_devices
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, pool_cluster
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, pool_cluster
 from edgepool.cli.tables import narrow_table
 from edgepool.cluster import load_cluster
 from edgepool.costmodel import CostModel
@@ -75,8 +75,8 @@ def register(app: typer.Typer) -> None:
     def estimate(
         cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example name; or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(...),
         batch: int = typer.Option(8, min=1),
         seq: int = typer.Option(None, min=1),

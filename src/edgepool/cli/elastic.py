@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher, one_of, pool_cluster
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, one_of, pool_cluster
 from edgepool.errors import SpecError
 
 _FLAGS = {"failures": "--fail", "joins": "--join", "recovery": "--mode"}  # library names as these commands spell them
@@ -56,8 +56,8 @@ def register(app: typer.Typer) -> None:
                                                "or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices; --fail "
                                                       "kills a device's worker through its agent."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(..., help="A zoo model name."),
         planner: str = typer.Option("gpipe", help="Training planner used at the start and for every re-plan."),
         steps: int = typer.Option(10, min=1, help="Training iterations."),
@@ -136,8 +136,8 @@ def register(app: typer.Typer) -> None:
     def simulate_failure(
         cluster: str = typer.Option(None, help="Cluster YAML file or a shipped example; or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(..., help="A zoo model name."),
         batch: int = typer.Option(32, min=1, help="Samples per iteration."),
         planner: str = typer.Option("hybrid", help="Training planner (also used to re-plan)."),

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher
 from edgepool.errors import SpecError
 from edgepool.runtime.launch import LAUNCHERS
 
@@ -51,11 +51,12 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("all-minilm-l6-v2", help="all-minilm-l6-v2 (pretrained), bert-tiny, gpt2-tiny, llama-tiny"),
         method: str = typer.Option("pac", help="pac | lora | full | adapters"),
         epochs: int = typer.Option(3, min=1),
-        cluster: str | None = typer.Option(None, help="cluster YAML or example name: collaborative PAC across its devices"),
+        cluster: str | None = typer.Option(None, help="cluster YAML or example name: collaborative PAC across "
+                                                      "its devices"),
         pool: str | None = typer.Option(None, "--pool", help=POOL_HELP + " Collaborative PAC across the agents' "
                                         "devices (instead of --cluster)."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         devices: int | None = typer.Option(None, help="with --cluster/--pool: use the first N devices"),
         plan: Path | None = typer.Option(None, help="with --cluster/--pool: a training Plan (pure pipeline) for "
                                          "the stages"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher
 from edgepool.errors import SpecError
 
 PLANS = {"auto": "auto", "tp": "tp", "even-tp": "even-tp", "pipeline": "pipeline", "single": "single",
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
         cluster: str = typer.Option(None, "--cluster", help="Cluster YAML (or an example name: home, jetson-lab, "
                                                             "site64); or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(..., "--model", help="bert-base, gpt2, bert-tiny, gpt2-tiny, llama-tiny, ..."),
         plan: str = typer.Option("auto", "--plan", help="auto | tp | even-tp | pipeline | single | hybrid"),
         seq: int = typer.Option(128, "--seq", min=1, help="Tokens in the request."),
@@ -110,8 +110,8 @@ def register(app: typer.Typer) -> None:
     def generate(
         cluster: str = typer.Option(None, "--cluster", help="Cluster YAML or an example name; or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP + " The workers run on the agents' devices."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(..., "--model", help="A decoder: gpt2, gpt2-tiny, llama-tiny, ..."),
         prompt: str = typer.Option(..., "--prompt"),
         max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),

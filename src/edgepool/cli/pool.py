@@ -20,6 +20,9 @@ DEFAULT_POOL = "127.0.0.1"  # `pool show/export` on the coordinator's own machin
 KEY_HELP = "The pool key (64 hex digits; default: $EDGEPOOL_POOL_KEY, else the key file)."
 KEY_FILE_HELP = "File holding the pool key (default: ~/.config/edgepool/pool.key, as `pool up` creates it)."
 POOL_HELP = "HOST[:PORT] of the pool's coordinator (`edgepool pool up`); replaces --cluster."
+# the key options every command with --pool takes
+KEY_OPTION = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False)
+KEY_FILE_OPTION = typer.Option(None, "--key-file", help=KEY_FILE_HELP)
 
 
 def open_pool(pool: str, key: str | None, key_file: Path | None):
@@ -84,8 +87,8 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(None, help="This device's name in the pool (default: the host name)."),
         join: str = typer.Option(None, "--join", help="HOST[:PORT] of the coordinator; default: find it by mDNS."),
         pool_name: str = typer.Option(None, "--pool-name", help="With mDNS: join only the pool of this name."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         port: int = typer.Option(0, min=0, max=65535, help="The agent's own port (jobs, link probes); 0: any."),
         discovery_timeout: float = typer.Option(30.0, min=1.0, help="Seconds per mDNS search before retrying."),
         allow_module: list[str] = typer.Option(None, "--allow-module", help="A module of your own that jobs may "
@@ -156,7 +159,7 @@ def register(app: typer.Typer) -> None:
                             accepted="free ports", hint=str(exc)) from None
 
     @pool_app.command("key")
-    def show_key(key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP)) -> None:
+    def show_key(key_file: Path = KEY_FILE_OPTION) -> None:
         """Print the pool key (created when missing), to give to `edgepool agent --key` on each device."""
         from edgepool.pool.key import create_key
 
@@ -166,8 +169,8 @@ def register(app: typer.Typer) -> None:
     @pool_app.command("show")
     def show(
         pool: str = typer.Option(DEFAULT_POOL, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         as_json: bool = typer.Option(False, "--json", help="Print the pool's state as JSON."),
     ) -> None:
         """The pool's devices (measured), links (measured) and members' state."""
@@ -196,8 +199,8 @@ def register(app: typer.Typer) -> None:
     def export(
         output: Path = typer.Argument(..., dir_okay=False, help="The cluster spec file to write (YAML)."),
         pool: str = typer.Option(DEFAULT_POOL, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
     ) -> None:
         """Write the live pool as a cluster spec (`--cluster FILE` plans on it without the pool)."""
         import yaml

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, open_pool, train_on_pool
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, open_pool, train_on_pool
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -122,8 +122,8 @@ def register(app: typer.Typer) -> None:
                                           help="Print the torchrun command per host instead of running here."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP + " Runs through the agents, elastically: a "
                                                       "device that leaves is recovered from (pipeline replay)."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         heartbeat_timeout: float = typer.Option(3.0, min=0.5, help="With --pool: seconds without a worker's "
                                                                    "heartbeat before its device counts as lost."),
     ) -> None:

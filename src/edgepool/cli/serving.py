@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, cluster_and_launcher, one_of
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, one_of
 from edgepool.errors import SpecError
 
 
@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
                                      "start (testbed: emulated CPU speeds, memory and links; needs root)."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP + " Serves across the agents' devices (a device "
                                  "without this checkpoint's folder resolves a short name itself)."),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         requests: int = typer.Option(16, "--concurrent", min=1, help="Concurrent requests the pool is planned for."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
         policy: str = typer.Option("vllm", help="vllm, max-reserve, padding, padding-cost, padding-cost-fcfs."),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from edgepool.cli.pool import KEY_FILE_HELP, KEY_HELP, POOL_HELP, one_of, pool_cluster
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, pool_cluster
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -47,8 +47,8 @@ def register(app: typer.Typer) -> None:
     def plan(
         cluster: str = typer.Option(None, help=CLUSTER_HELP),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(..., help="A zoo model name (see `edgepool profile --help`)."),
         batch: int = typer.Option(..., min=1, help="Samples per training iteration."),
         planner: str = typer.Option("hybrid", help="dp, dp-proportional, gpipe, pipedream, hybrid, dmp."),
@@ -98,8 +98,8 @@ def register(app: typer.Typer) -> None:
         plan_file: Path = typer.Argument(..., help="A plan JSON from `edgepool plan -o`."),
         cluster: str = typer.Option(None, help="The cluster the plan was made for; or --pool."),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         other_cluster: bool = typer.Option(False, "--other-cluster",
                                            help="Accept a plan made for a cluster of another name (same devices)."),
         precision: str = typer.Option(None, help="Default: the plan's precision."),
@@ -147,8 +147,8 @@ def register(app: typer.Typer) -> None:
     def compare(
         cluster: str = typer.Option(None, help=CLUSTER_HELP),
         pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-        key: str = typer.Option(None, "--key", help=KEY_HELP, envvar="EDGEPOOL_POOL_KEY", show_envvar=False),
-        key_file: Path = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
+        key: str = KEY_OPTION,
+        key_file: Path = KEY_FILE_OPTION,
         model: str = typer.Option(...),
         batch: int = typer.Option(..., min=1),
         seq: int = typer.Option(None, min=1),

@@ -7,11 +7,11 @@ own port it answers link probes from other agents and the job sessions of comman
 
 A job session may only start edgepool's own worker entry points (`WORKER_MODULES`) with a JSON job file: the
 agent never runs code it is sent, and a job that names code to import (a model factory, iteration hooks) is
-refused unless the device's owner allowed that module (`--allow-module`). The job's folder on the command's machine is mapped to a folder of the agent
-(paths in the job that point into it are rewritten), and what the workers write there (results, progress,
-logs, saved state) is sent back as it changes, before the agent reports a worker's exit. A worker dies with its
-agent (`PR_SET_PDEATHSIG`), as a device that leaves takes its work with it, and a session's workers are killed
-when the command that started them disconnects.
+refused unless the device's owner allowed that module (`--allow-module`). The job's folder on the command's
+machine is mapped to a folder of the agent (paths in the job that point into it are rewritten), and what the
+workers write there (results, progress, logs, saved state) is sent back as it changes, before the agent
+reports a worker's exit. A worker dies with its agent (`PR_SET_PDEATHSIG`), as a device that leaves takes
+its work with it, and a session's workers are killed when the command that started them disconnects.
 """
 from __future__ import annotations
 
