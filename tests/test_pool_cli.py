@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from edgepool.cli import app
 from pool_local import local_pool
+from test_bad_input_cli import _one_line_error
 
 DEVICES = ["a", "b", "c"]
 SOME_KEY = "11" * 32
@@ -28,16 +29,6 @@ def _run(pool, args: list[str]):
 def _ok(result) -> dict:
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
-
-
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    text = result.output.strip()
-    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 def test_plan_simulate_compare_estimate_on_the_pool(pool, tmp_path):
