@@ -200,6 +200,12 @@ def test_serve_on_the_pool_answers_through_the_agents_stages(pool, tmp_path):
         stages = [line.split()[0] for line in text.splitlines() if " layers " in line]
         assert stages and set(stages) <= set(DEVICES) and "the pool's devices and links as measured" in text, text
         assert f"serving smollm2-135m-instruct on {', '.join(stages)}" in text, text
+        while not (pool.coordinator.job or {}).get("progress", {}).get("done"):  # the dashboard's view of it
+            assert time.monotonic() < deadline + 30, pool.coordinator.job
+            time.sleep(0.2)
+        job = pool.coordinator.job
+        assert job["kind"] == "serving" and job["plan"]["devices"] == stages and job["progress"]["unit"] == "tokens"
+        assert 0 < job["progress"]["done"] <= 24 + 2  # the answer's tokens (and the warm-up's, if any)
     finally:
         server.send_signal(signal.SIGINT)
         try:

@@ -1,6 +1,7 @@
 """`edgepool serve` (OpenAI-compatible HTTP over the real engine) and `edgepool serve-sim` (policy simulator)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -166,9 +167,35 @@ def _serve_pool(checkpoint, spec, launcher_kind, requests: int, dry_run: bool, h
         try:
             typer.echo(f"serving {checkpoint.name} on {', '.join(engine.executor.devices)} "
                        f"({engine.blocks.num_blocks} KV blocks) at http://{host}:{port}/v1", err=True)
-            uvicorn.run(create_app(engine, checkpoint.name), host=host, port=port, log_level="info")
+            with _on_dashboard(launcher, engine, checkpoint.name):
+                uvicorn.run(create_app(engine, checkpoint.name), host=host, port=port, log_level="info")
         finally:
             engine.executor.close()
+
+
+@contextlib.contextmanager
+def _on_dashboard(launcher, engine, model: str):
+    """On the pool: the serving job on its dashboard (stages, tokens/s, re-plans) while it serves."""
+    if getattr(launcher, "kind", "") != "pool":
+        yield
+        return
+    import shlex
+    import sys
+    import threading
+
+    from edgepool.pool.client import PoolClient
+    from edgepool.pool.job import JobReporter, watch_serving
+
+    stop = threading.Event()
+    with PoolClient(launcher.coordinator, launcher.key) as client:
+        reporter = JobReporter(client, "serving", shlex.join(["edgepool", *sys.argv[1:]]), None, unit="tokens",
+                               work_unit="tokens/s", timeline_source=f"serving {model}: no timeline drawn")
+        watch_serving(reporter, engine, stop)
+        try:
+            yield
+        finally:
+            stop.set()
+            reporter.finish("done")
 
 
 def _print_plan(plan, basis: str) -> None:

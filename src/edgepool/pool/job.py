@@ -7,6 +7,7 @@ callback rate.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Callable
@@ -17,7 +18,7 @@ TimelineFn = Callable[[Plan], list[dict]]  # a plan -> its timeline events (the 
 
 
 class JobReporter:
-    def __init__(self, client, kind: str, command: str, total: int, unit: str = "iterations",
+    def __init__(self, client, kind: str, command: str, total: int | None, unit: str = "iterations",
                  work_per_unit: float = 1.0, work_unit: str = "samples/s", timeline: TimelineFn | None = None,
                  timeline_source: str = "simulated: one iteration of the plan (cost model)", min_interval_s=0.5):
         self.client, self.total, self.unit = client, total, unit
@@ -31,12 +32,16 @@ class JobReporter:
                            "throughput": None, "plan": None, "timeline": [], "timeline_source": timeline_source})
 
     def plan(self, plan: Plan) -> None:
-        """A new plan (the first, or a re-plan): its stages, and its timeline for the Gantt chart."""
+        """A new training plan (the first, or a re-plan): its stages, and its timeline for the Gantt chart."""
         stages = [{"pipeline": p, "stage": s, "layers": list(stage.layers), "devices": list(stage.devices)}
                   for p, pipe in enumerate(plan.pipelines) for s, stage in enumerate(pipe.stages)]
-        update = {"plan": {"planner": plan.planner, "devices": list(plan.devices), "stages": stages}}
-        if self.timeline is not None:
-            update["timeline"] = self.timeline(plan)
+        self.show_plan(plan.planner, list(plan.devices), stages, self.timeline(plan) if self.timeline else None)
+
+    def show_plan(self, planner: str, devices: list[str], stages: list[dict], timeline: list[dict] | None) -> None:
+        """Any job's plan: who holds which layers (`stages`: pipeline, stage, layers, devices) and its timeline."""
+        update: dict = {"plan": {"planner": planner, "devices": devices, "stages": stages}}
+        if timeline is not None:
+            update["timeline"] = timeline
         self.client.report_job(update, update=True)
 
     def progress(self, done: int, state: str = "running", force: bool = False) -> None:
@@ -64,3 +69,30 @@ class JobReporter:
 
     def finish(self, state: str) -> None:
         self.progress(self._done, state=state, force=True)
+
+
+def watch_serving(reporter: JobReporter, engine, stop: threading.Event, every_s: float = 1.0) -> threading.Thread:
+    """Keep a serving engine's view current until `stop`: its stages (again after a re-plan), the tokens it has
+    generated and the tokens/s, and each change of the pool (`PoolEvent`) as an event."""
+    executor = engine.executor
+
+    def stages() -> None:
+        reporter.show_plan("llm", list(executor.devices),
+                           [{"pipeline": 0, "stage": i, "layers": [s.first, s.end], "devices": [s.device]}
+                            for i, s in enumerate(executor.stages)], None)
+
+    def loop() -> None:
+        stages()
+        seen = 0
+        while not stop.wait(every_s):
+            for event in executor.events[seen:]:
+                reporter.event("replan" if event.kind == "left" else "join", ", ".join(event.devices),
+                               f"{', '.join(event.devices)} {event.kind}; re-planned in {event.recovery_s:.1f} s, "
+                               f"now on {', '.join(s.device for s in event.stages)}")
+                stages()
+            seen = len(executor.events)
+            reporter.progress(engine.generated_tokens, force=True)
+
+    thread = threading.Thread(target=loop, daemon=True, name="pool-job-serving")
+    thread.start()
+    return thread

@@ -331,6 +331,7 @@ class Engine:
         executor.blocks = self.blocks   # a pooled executor reads the block tables of the engine's manager
         self.policy = policy or make_policy(config.policy, **(config.policy_options or {}))
         self.cost = self._calibrate()
+        self.generated_tokens = 0  # tokens produced since start, every request together (a live tokens/s)
         self.scheduler = Scheduler(self.policy, self.blocks, max_batch_requests=config.max_batch_requests,
                                    max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
                                    cost=self.cost, predictor=predictor if self.policy.uses_predictor else None)
@@ -399,7 +400,9 @@ class Engine:
         """One step: the plan, the new token per request, the finished requests and its time. When the pool
         changed under it, the step produces nothing and every live request recomputes from its tokens."""
         try:
-            return run_step(self.scheduler, self, now)
+            step = run_step(self.scheduler, self, now)
+            self.generated_tokens += len(step.tokens or {})
+            return step
         except PoolChanged as changed:
             self.blocks = BlockManager(changed.num_blocks, self.config.block_size, self.config.num_host_blocks)
             self.executor.blocks = self.blocks
