@@ -1,6 +1,7 @@
 """`edgepool finetune`: fine-tune a language model with PAC, LoRA, full fine-tuning or adapters."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -103,22 +104,17 @@ def register(app: typer.Typer) -> None:
                     raise SpecError(field="--method", value=method, accepted="pac (with --cluster or --pool)")
                 from edgepool.finetune.collaborative import cluster_speeds, run_collaborative
 
-                if pool is None:
-                    spec, workers = _resolve_cluster(cluster), launcher or "local"
-                else:
-                    spec, workers = cluster_and_launcher(cluster, "local", pool, key, key_file)
+                spec, workers = ((_resolve_cluster(cluster), launcher or "local") if pool is None else
+                                 cluster_and_launcher(cluster, "local", pool, key, key_file))
                 chosen = None
                 if plan is not None:
                     from edgepool.plan import load_plan
 
                     chosen = load_plan(plan, cluster=spec, other_cluster=other_cluster)
                 names, speeds = cluster_speeds(spec, None if chosen else devices)
-                if isinstance(workers, str):
+                # a launcher by name is made and torn down inside; the pool's is started here
+                with contextlib.nullcontext() if isinstance(workers, str) else workers:
                     report = run_collaborative(config, names, speeds, plan=chosen, launcher=workers, cluster=spec)
-                else:
-                    with workers:  # the pool's launcher: workers on the agents' devices
-                        report = run_collaborative(config, names, speeds, plan=chosen, launcher=workers,
-                                                   cluster=spec)
                 console.print(f"collaborative PAC over {len(report['layout']['devices'])} processes: "
                               f"{', '.join(report['layout']['devices'])}; {report['where']}")
                 report |= {"model": model, "config": asdict(config)}
