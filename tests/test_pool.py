@@ -187,11 +187,10 @@ class _Recorder:
         self.events.append((kind, device, text))
 
 
-def test_the_job_reporter_sends_progress_at_most_twice_a_second_with_measured_throughput(monkeypatch):
+def test_the_job_reporter_sends_progress_at_most_twice_a_second_with_measured_throughput():
     clock = [1000.0]
-    monkeypatch.setattr(time, "time", lambda: clock[0])
     client = _Recorder()
-    reporter = JobReporter(client, "training", "edgepool train", total=10, work_per_unit=8)
+    reporter = JobReporter(client, "training", "edgepool train", total=10, work_per_unit=8, clock=lambda: clock[0])
     for done in range(1, 6):
         clock[0] += 0.2
         reporter.progress(done)

@@ -36,15 +36,15 @@ class Member:
     accelerator: dict | None = None
     state: str = "up"
     joined: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)  # monotonic: a clock step must not evict anyone
     utilization: float | None = None
     workers: int = 0
     channel: Channel | None = field(default=None, repr=False)
 
-    def view(self, now: float) -> dict:
+    def view(self) -> dict:
         d = self.device
         return {"name": self.name, "state": self.state, "address": self.address, "agent_port": self.agent_port,
-                "joined": self.joined, "heartbeat_age_s": now - self.last_seen,
+                "joined": self.joined, "heartbeat_age_s": time.monotonic() - self.last_seen,
                 "measured": {"fp32_gflops": d.peak_flops["fp32"] / 1e9, "memory_gib": d.memory_bytes / 2**30,
                              "memory_bandwidth_gbs": d.memory_bandwidth / 1e9, "cpu_cores": d.cpu_cores,
                              "accelerator": _accelerator_text(self.accelerator)},
@@ -160,7 +160,7 @@ class Coordinator:
         while not self.stop.is_set():
             message = channel.recv()
             if message["type"] == "heartbeat":
-                member.last_seen = time.time()
+                member.last_seen = time.monotonic()
                 member.utilization, member.workers = message.get("utilization"), int(message.get("workers", 0))
             elif message["type"] == "probe_result":
                 pending = self._pending.get(message.get("id"))
@@ -180,7 +180,7 @@ class Coordinator:
 
     def _monitor(self) -> None:
         while not self.stop.wait(0.25):
-            now = time.time()
+            now = time.monotonic()
             for m in list(self.members.values()):
                 if m.state == "up" and now - m.last_seen > self.heartbeat_timeout_s:
                     self._gone(m.name, m.channel, f"no heartbeat for {now - m.last_seen:.1f} s")
@@ -266,7 +266,7 @@ class Coordinator:
             host = socket.gethostname() if self.host in ("0.0.0.0", "", "::") else self.host
             return {"pool": {"name": self.name, "coordinator": f"{host}:{self.port}", "started": self.started,
                              "now": now},
-                    "devices": [m.view(now) for m in self.members.values()],
+                    "devices": [m.view() for m in self.members.values()],
                     "links": links, "job": self.job, "events": list(self.events)}
 
     def _serve_client(self, channel: Channel) -> None:

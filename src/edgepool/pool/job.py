@@ -20,11 +20,13 @@ TimelineFn = Callable[[Plan], list[dict]]  # a plan -> its timeline events (the 
 class JobReporter:
     def __init__(self, client, kind: str, command: str, total: int | None, unit: str = "iterations",
                  work_per_unit: float = 1.0, work_unit: str = "samples/s", timeline: TimelineFn | None = None,
-                 timeline_source: str = "simulated: one iteration of the plan (cost model)", min_interval_s=0.5):
+                 timeline_source: str = "simulated: one iteration of the plan (cost model)", min_interval_s=0.5,
+                 clock: Callable[[], float] = time.time):
         self.client, self.total, self.unit = client, total, unit
         self.work_per_unit, self.work_unit = work_per_unit, work_unit
         self.timeline, self.timeline_source, self.min_interval_s = timeline, timeline_source, min_interval_s
-        self.started = time.time()
+        self.clock = clock
+        self.started = clock()
         self._sent_at, self._done = 0.0, 0
         self._marks: list[tuple[float, int]] = []  # (time, units done) for the recent throughput
         client.report_job({"id": uuid.uuid4().hex[:8], "kind": kind, "command": command, "state": "starting",
@@ -45,7 +47,7 @@ class JobReporter:
         self.client.report_job(update, update=True)
 
     def progress(self, done: int, state: str = "running", force: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         if done != self._done:
             self._marks = [*self._marks[-8:], (now, done)]
             self._done = done
