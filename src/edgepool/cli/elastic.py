@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, one_of, pool_cluster
+from edgepool.cli.pool import (KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, one_of, pool_cluster,
+                               seconds_or_never)
 from edgepool.errors import SpecError
 
 _FLAGS = {"failures": "--fail", "joins": "--join", "recovery": "--mode"}  # library names as these commands spell them
@@ -128,7 +129,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"[yellow]ran as local processes: the testbed is unavailable ({where['fallback_reason']})")
         for r in result["recoveries"]:
             out.print(f"{r['device']} killed in iteration {r['step']}: interrupted iteration done again after "
-                      f"{r['time_to_interrupted_iteration_s']:.2f} s ({mode})")
+                      f"{seconds_or_never(r['time_to_interrupted_iteration_s'])} ({mode})")
         out.print(f"samples lost {outcome.samples['samples_lost']}, double-counted "
                   f"{outcome.samples['samples_double_counted']}; run folder {outcome.out_dir}")
 

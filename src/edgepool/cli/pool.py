@@ -212,6 +212,11 @@ def register(app: typer.Typer) -> None:
         Console(stderr=True).print(f"{len(spec['devices'])} devices, {len(spec['links'])} measured links -> {output}")
 
 
+def seconds_or_never(value: float | None) -> str:
+    """A recovery time, or why there is none (the run ended before the interrupted iteration was redone)."""
+    return "never (the run ended first)" if value is None else f"{value:.2f} s"
+
+
 def _shown_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "", "::") else host
 
@@ -277,9 +282,8 @@ def train_on_pool(client, key: bytes, model_spec, planner: str, steps: int, batc
     progress(steps, steps)
     reporter.finish("done")
     for r in outcome.recovery_times():
-        reporter.event("recovered", r["device"], f"iteration {r['step']} done again "
-                                                 f"{r['time_to_interrupted_iteration_s']:.2f} s after losing "
-                                                 f"{r['device']}")
+        after = seconds_or_never(r["time_to_interrupted_iteration_s"])
+        reporter.event("recovered", r["device"], f"iteration {r['step']} done again {after} after losing {r['device']}")
     done = sorted(outcome.completions.values())
     throughput = (len(done) - 1) * batch / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else None
     result = {"source": "measured", "mode": "replay", "pool": client.address,

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, open_pool, train_on_pool
+from edgepool.cli.pool import (KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, open_pool, seconds_or_never,
+                               train_on_pool)
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -185,7 +186,7 @@ def _train_on_pool(pool, key, key_file, model_spec, planner, steps, batch, seq, 
         out.print(f"measured: {result['samples_per_s']:.2f} samples/s ({result['samples_per_s_over']})")
     for r in result["recoveries"]:
         out.print(f"{r['device']} lost in iteration {r['step']}: interrupted iteration done again after "
-                  f"{r['time_to_interrupted_iteration_s']:.2f} s (pipeline replay)")
+                  f"{seconds_or_never(r['time_to_interrupted_iteration_s'])} (pipeline replay)")
     out.print(f"samples lost {result['samples']['samples_lost']}, double-counted "
               f"{result['samples']['samples_double_counted']}; run folder {result['run_dir']}")
 
