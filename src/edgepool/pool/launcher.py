@@ -16,7 +16,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -49,12 +48,6 @@ class RemoteProcess:
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
             self.connection.signal(self.id, signum)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def finished(self, returncode: int, reason: str = "") -> None:
         if self.returncode is None:
@@ -209,22 +202,8 @@ class PoolLauncher(ProcessLauncher):
     def _failure_reason(self, handle: WorkerHandle) -> str:
         return getattr(handle.process, "reason", "")
 
-    def kill(self, handle: WorkerHandle) -> None:
-        handle.process.kill()
-        try:
-            handle.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def stop_workers(self) -> None:
-        alive = [h for h in self.handles if h.poll() is None]
-        for h in alive:
-            h.process.terminate()
-        deadline = time.monotonic() + self.grace_s
-        while any(h.poll() is None for h in alive) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for h in alive:
-            self.kill(h)
+    def send_signal(self, handle: WorkerHandle, signum: int) -> None:
+        handle.process.send_signal(signum)  # the agent signals the worker's process group on its device
 
     def describe(self) -> dict:
         return {"launcher": "pool", "coordinator": self.coordinator,

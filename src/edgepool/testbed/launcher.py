@@ -235,30 +235,35 @@ class ProcessLauncher:
                                    + ", ".join(d for d, c in codes.items() if c is None))
             time.sleep(poll_s)
 
+    def send_signal(self, handle: WorkerHandle, signum: int) -> None:
+        """Send `signum` to one worker's whole process group (children of the worker too)."""
+        _signal_group(handle.pid, signum)
+
     def kill(self, handle: WorkerHandle) -> None:
-        """SIGKILL one worker's process group and reap it (a fenced or failure-injected device)."""
+        """SIGKILL one worker and reap it (a fenced or failure-injected device)."""
         if handle.poll() is None:
-            _signal_group(handle.pid, signal.SIGKILL)
-        try:
-            handle.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.warning("worker %s (pid %d) did not exit after SIGKILL", handle.device, handle.pid)
+            self.send_signal(handle, signal.SIGKILL)
+        self._reap(handle, timeout=10)
 
     def stop_workers(self) -> None:
-        """SIGTERM every worker's process group, SIGKILL what is left after `grace_s`, reap them."""
+        """SIGTERM every worker, SIGKILL what is left after `grace_s`, reap them."""
         alive = [h for h in self.handles if h.poll() is None]
         for h in alive:
-            _signal_group(h.pid, signal.SIGTERM)
+            self.send_signal(h, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         while any(h.poll() is None for h in alive) and time.monotonic() < deadline:
             time.sleep(0.05)
         for h in alive:
-            _signal_group(h.pid, signal.SIGKILL)  # the whole group: children of the worker too
+            self.send_signal(h, signal.SIGKILL)
         for h in self.handles:
-            try:
-                h.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s (pid %d) did not exit after SIGKILL", h.device, h.pid)
+            self._reap(h, timeout=5)
+
+    @staticmethod
+    def _reap(handle: WorkerHandle, timeout: float) -> None:
+        try:
+            handle.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s (pid %s) did not exit after SIGKILL", handle.device, handle.pid)
 
     def teardown(self) -> None:
         """Stop the workers and release what the launcher holds; safe to call more than once."""
