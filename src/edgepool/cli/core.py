@@ -8,9 +8,8 @@ import typer
 from rich.console import Console
 
 from edgepool.catalog import list_devices
-from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, pool_cluster
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_of
 from edgepool.cli.tables import narrow_table
-from edgepool.cluster import load_cluster
 from edgepool.costmodel import CostModel
 from edgepool.estimate import estimate_alone
 from edgepool.models import build_model, model_names
@@ -84,8 +83,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Per device: time per batch and memory to run the whole model alone, and whether it fits (simulated)."""
-        one_of(cluster, pool)
-        spec = load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
+        spec = cluster_of(cluster, pool, key, key_file)
         bundle = build_model(model, meta=True)
         prof = profile_model(bundle, batch=1, seq=seq)
         rows = estimate_alone(prof, spec, CostModel(precision=precision), batch)

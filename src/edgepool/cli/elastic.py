@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from edgepool.atomic import write_text_atomic
-from edgepool.cli.pool import (KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, one_of, pool_cluster,
+from edgepool.cli.pool import (KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_and_launcher, cluster_of,
                                seconds_or_never)
 from edgepool.errors import SpecError
 
@@ -152,7 +152,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Simulated throughput over time across failures/joins: pipeline replay vs checkpoint restart."""
-        from edgepool.cluster import load_cluster
         from edgepool.costmodel import CostModel
         from edgepool.elastic.replan import replanner
         from edgepool.elastic.sim_events import simulate_with_events
@@ -161,8 +160,7 @@ def register(app: typer.Typer) -> None:
         from edgepool.models import build_model
         from edgepool.profile import profile_model
 
-        one_of(cluster, pool)
-        spec = load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
+        spec = cluster_of(cluster, pool, key, key_file)
         profile = profile_model(build_model(model, meta=True), batch=1)
         cm = CostModel(optimizer="sgd")
         events = parse_events(fail, join, spec.devices)

@@ -46,6 +46,14 @@ def one_of(cluster: str | None, pool: str | None) -> None:
                         "(a spec: emulated or local processes) and --pool HOST:PORT (the agents' devices)")
 
 
+def cluster_of(cluster: str | None, pool: str | None, key: str | None, key_file: Path | None):
+    """The devices to plan on: a spec (`--cluster`) or the live pool (`--pool`), exactly one of them."""
+    from edgepool.cluster import load_cluster
+
+    one_of(cluster, pool)
+    return load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
+
+
 def cluster_and_launcher(cluster: str | None, launcher: str, pool: str | None, key: str | None,
                          key_file: Path | None):
     """`--cluster`+`--launcher`, or `--pool`: (the Cluster, a launcher name or a `PoolLauncher` on the agents)."""
@@ -59,8 +67,7 @@ def cluster_and_launcher(cluster: str | None, launcher: str, pool: str | None, k
 
     secret = resolve_key(key, key_file)
     with open_pool(pool, key, key_file) as client:
-        live = client.cluster()
-        _, agents = client.cluster_spec()
+        live, agents = client.live()
     return live, PoolLauncher(agents, secret, client.address, name=f"edgepool@{socket.gethostname()}")
 
 
@@ -206,8 +213,8 @@ def register(app: typer.Typer) -> None:
         import yaml
 
         with open_pool(pool, key, key_file) as client:
-            client.cluster()  # checks that the spec loads (and that there is a device)
             spec, _ = client.cluster_spec()
+            client.load(spec)  # checks that the spec loads (and that there is a device)
         write_text_atomic(output, yaml.safe_dump(spec, sort_keys=False))
         Console(stderr=True).print(f"{len(spec['devices'])} devices, {len(spec['links'])} measured links -> {output}")
 
@@ -236,8 +243,7 @@ def train_on_pool(client, key: bytes, model_spec, planner: str, steps: int, batc
     from edgepool.runtime.data import build_bundle
     from edgepool.simulator import simulate
 
-    cluster = client.cluster()
-    _, agents = client.cluster_spec()
+    cluster, agents = client.live()
     profile = profile_model(build_bundle(model_spec), batch=1, seq=seq)
     cost_model = CostModel(optimizer="sgd")
     replan = replanner(planner, profile, cluster, cost_model, batch, require_feasible=True)

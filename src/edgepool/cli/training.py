@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, one_of, pool_cluster
+from edgepool.cli.pool import KEY_FILE_OPTION, KEY_OPTION, POOL_HELP, cluster_of
 from edgepool.cli.tables import narrow_table
 from edgepool.errors import SpecError
 
@@ -34,14 +34,6 @@ def _cost_model(precision: str, optimizer: str):
                         accepted=str(exc).split("accepted: ")[-1]) from None
 
 
-def _cluster(cluster: str | None, pool: str | None, key: str | None, key_file: Path | None):
-    """The devices to plan on: a spec (`--cluster`) or the live pool (`--pool`), exactly one of them."""
-    from edgepool.cluster import load_cluster
-
-    one_of(cluster, pool)
-    return load_cluster(cluster) if pool is None else pool_cluster(pool, key, key_file)
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
@@ -62,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from edgepool.planners import get_planner
         try:
             planner_obj = get_planner(planner)
-            cl = _cluster(cluster, pool, key, key_file)
+            cl = cluster_of(cluster, pool, key, key_file)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
             result = planner_obj.plan(prof, cl, cost_model, batch)
@@ -113,7 +105,7 @@ def register(app: typer.Typer) -> None:
         from edgepool.plan import load_plan
         from edgepool.simulator import simulate as run_simulation
         try:
-            cl = _cluster(cluster, pool, key, key_file)
+            cl = cluster_of(cluster, pool, key, key_file)
             the_plan = load_plan(plan_file, cluster=cl, other_cluster=other_cluster)
             cost_model = _cost_model(precision or the_plan.precision, optimizer)
             prof = _profile(the_plan.model, the_plan.seq)
@@ -158,7 +150,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Every planner side by side: simulated throughput, speed-up over dp, memory headroom, feasibility."""
         try:
-            cl = _cluster(cluster, pool, key, key_file)
+            cl = cluster_of(cluster, pool, key, key_file)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
             from edgepool.planners.compare import compare_planners

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 
 from edgepool.cluster import Cluster, cluster_from_dict
 from edgepool.errors import SpecError
@@ -53,18 +52,20 @@ class PoolClient:
         reply = self._request({"type": "cluster"})
         return reply["spec"], reply["agents"]
 
-    def cluster(self, wait_for: int = 1, timeout_s: float = 0.0) -> Cluster:
-        """The live cluster (the devices up now); with `timeout_s`, wait until `wait_for` devices are up."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            spec, _ = self.cluster_spec()
-            if len(spec["devices"]) >= wait_for or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
+    def load(self, spec: dict) -> Cluster:
+        """The cluster a spec from `cluster_spec` describes (at least one device)."""
         if not spec["devices"]:
             raise SpecError(field="--pool", value=self.address, accepted="a pool with at least one device",
                             hint="no agent has joined yet: run `edgepool agent` on each device")
         return cluster_from_dict(spec, source=f"pool {self.address}")
+
+    def live(self) -> tuple[Cluster, dict[str, dict]]:
+        """The live cluster (the devices up now) and its agents' addresses, from one answer."""
+        spec, agents = self.cluster_spec()
+        return self.load(spec), agents
+
+    def cluster(self) -> Cluster:
+        return self.live()[0]
 
     def state(self) -> dict:
         return self._request({"type": "state"})["state"]
