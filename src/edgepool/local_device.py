@@ -64,8 +64,9 @@ def detect_accelerator() -> dict | None:
     """The accelerator this host has, as torch or the vendor's tools report it (None: CPU only).
 
     CUDA (desktop GPUs, Jetson boards) and Apple MPS through torch; on a Jetson the board's model from the device
-    tree or jetson-stats (`jtop`); NVML (`pynvml`) for the driver's view where it is installed. Reported, not measured: the planners use
-    the CPU figures `measure_local_device` measured unless the device's spec says otherwise."""
+    tree or jetson-stats (`jtop`); NVML (`pynvml`) for the driver's view where it is installed. Reported, not
+    measured: the planners use the CPU figures `measure_local_device` measured unless the device's spec says
+    otherwise."""
     found: dict | None = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

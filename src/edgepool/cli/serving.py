@@ -179,16 +179,15 @@ def _on_dashboard(launcher, engine, model: str):
     if getattr(launcher, "kind", "") != "pool":
         yield
         return
-    import shlex
-    import sys
     import threading
 
+    from edgepool.cli.runtime import _command
     from edgepool.pool.client import PoolClient
     from edgepool.pool.job import JobReporter, watch_serving
 
     stop = threading.Event()
     with PoolClient(launcher.coordinator, launcher.key) as client:
-        reporter = JobReporter(client, "serving", shlex.join(["edgepool", *sys.argv[1:]]), None, unit="tokens",
+        reporter = JobReporter(client, "serving", _command(), None, unit="tokens",
                                work_unit="tokens/s", timeline_source=f"serving {model}: no timeline drawn")
         watch_serving(reporter, engine, stop)
         try:
