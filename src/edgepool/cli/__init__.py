@@ -53,9 +53,9 @@ app = typer.Typer(
 
 # Each area registers its own commands; one file per area keeps them apart.
 from . import (bench, core, demo, elastic, finetune, inference, pool, power, report, runtime,  # noqa: E402
-               serving, training)
+               serving, split, training)
 
-for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, bench):
+for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, split, bench):
     _area.register(app)
 
 
