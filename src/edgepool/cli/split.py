@@ -55,19 +55,22 @@ def train_cmd(
     task: str = typer.Option("photos", help="photos (ImageNet MobileNetV2 as teacher) or mnist."),
     method: str = typer.Option("entropic", help="bottlefit or entropic."),
     cut: int = typer.Option(8, help="Cut after this MobileNetV2 block (1-19)."),
-    size: int = typer.Option(24, min=1, help="Bottleneck channels."),
+    size: int = typer.Option(64, min=1, help="Bottleneck channels."),
     beta: float = typer.Option(0.01, min=0.0, help="Entropic Student: the rate's weight."),
     stride: int = typer.Option(1, help="1 keeps the cut's resolution, 2 halves it."),
-    head_epochs: int = typer.Option(30, min=1, help="Stage 1 epochs (bottleneck)."),
-    tail_epochs: int = typer.Option(2, min=0, help="Stage 2 epochs (decoder + tail, distillation)."),
+    step: float = typer.Option(0.1, min=0.001, help="Entropic Student: starting rounding step (per-component std)."),
+    head_epochs: int = typer.Option(5, min=1, help="Stage 1 epochs (bottleneck)."),
+    tail_epochs: int = typer.Option(0, min=0, help="Stage 2 epochs (decoder + tail, distillation)."),
     train_per_photo: int = typer.Option(40, min=1, help="Random training crops per photo (photos task)."),
+    train_images: int = typer.Option(0, min=0, help="Use this many training images, spread over the set (0: all)."),
+    test_images: int = typer.Option(0, min=0, help="On first use: keep this many test images (0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train one bottleneck at a cut (and, on first use, the task's reference, test set and 8-bit baseline)."""
     from edgepool.split import experiment as ex
     from edgepool.split.backbone import check_cut, to_input
     from edgepool.split.pipeline import Artifacts
-    from edgepool.split.training import TrainConfig
+    from edgepool.split.training import TrainConfig, teacher_cache
 
     if method not in ("bottlefit", "entropic"):
         raise SpecError(field="--method", value=method, accepted="bottlefit, entropic")
@@ -77,6 +80,7 @@ def train_cmd(
     settings = ex.TaskSettings.of(task)
     with _Bar(as_json) as bar:
         train, test = ex.load_sets(task, train_per_photo=train_per_photo)
+        train, test = train.subset(train_images or None), test.subset(test_images or None)
         if (out / "task.json").is_file():
             existing = Artifacts(out).task["task"]
             if existing != task:
@@ -87,9 +91,10 @@ def train_cmd(
         inputs = to_input(train.images, settings.side)
         if not Artifacts(out).quantizer_path(cut).is_file():
             ex.fit_quantizer(out, reference, inputs, cut)
-        cache = ex.teacher_cache(reference, train, settings.side, cut, inputs)
+        cache = teacher_cache(reference, train, settings.side, cut, inputs)
         spec = ex.train_bottleneck(out, reference, cache, method, cut, size, beta, stride,
-                                   TrainConfig(head_epochs=head_epochs, tail_epochs=tail_epochs), progress=bar)
+                                   TrainConfig(head_epochs=head_epochs, tail_epochs=tail_epochs), progress=bar,
+                                   step=step)
     report = {"task": task, "folder": str(out), "bottleneck": spec.__dict__,
               "file": str(Artifacts(out).bottleneck_path(method, spec.level, cut)), "train_images": len(train)}
     _echo_json(report, out / f"train-{method}-{spec.level}-cut{cut}.json")

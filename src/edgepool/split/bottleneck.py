@@ -18,21 +18,49 @@ from edgepool.split.bitstream import BitstreamError, SymbolCoder, decode_tensor,
 from edgepool.split.codecs import FeatureQuantizer
 
 
-def _encoder(cin: int, hidden: int, out: int, stride: int) -> nn.Sequential:
-    """Light, because it runs on the device: one 3x3 convolution (downsampling) and a 1x1 projection."""
-    return nn.Sequential(
-        nn.Conv2d(cin, hidden, 3, stride, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, out, 1))
+class _Coder(nn.Module):
+    """A linear map plus a small convolutional branch that starts at zero.
+
+    The linear map can start as a transform code fitted to the training features (`fit_transform`: PCA's
+    rotation onto the b strongest components, each scaled so that the rounding step is `step` of its own
+    spread), so training begins from good reconstructions and learns what improves on them.
+    """
+
+    def __init__(self, cin: int, cout: int, hidden: int, stride: int, up: bool):
+        super().__init__()
+        if stride == 1:
+            self.linear = nn.Conv2d(cin, cout, 1)
+        else:
+            self.linear = nn.ConvTranspose2d(cin, cout, 2, 2) if up else nn.Conv2d(cin, cout, 2, 2)
+        resample = (nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=False) if up else
+                    nn.Conv2d(hidden, hidden, 3, 2, 1, bias=False)) if stride == 2 else \
+            nn.Conv2d(hidden, hidden, 3, 1, 1, bias=False)
+        self.branch = nn.Sequential(  # light on the device's side (encoder), heavier on the server's (decoder)
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            resample, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, cout, 1))
+        nn.init.zeros_(self.branch[-1].weight)
+        nn.init.zeros_(self.branch[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.branch(x)
 
 
-def _decoder(cin: int, hidden: int, out: int, stride: int) -> nn.Sequential:
-    """Heavier, because it runs on the server: back to the cut's channels and resolution."""
-    up = (nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=False) if stride == 2
-          else nn.Conv2d(hidden, hidden, 3, 1, 1, bias=False))
-    return nn.Sequential(
-        nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-        up, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, out, 3, 1, 1))
+@torch.no_grad()
+def fit_transform(encoder: _Coder, decoder: _Coder, features: torch.Tensor, step: float) -> None:
+    """Start encoder and decoder as a transform code (PCA over channels) of `features` (N x C x H x W)."""
+    if not isinstance(encoder.linear, nn.Conv2d) or encoder.linear.kernel_size != (1, 1):
+        return  # strided bottlenecks keep their random start
+    b = encoder.linear.out_channels
+    x = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()  # positions x C
+    mean = x.mean(0)
+    _, singular, v = torch.linalg.svd(x - mean, full_matrices=False)
+    basis = v[:b]  # b x C, strongest first
+    spread = singular[:b] / len(x) ** 0.5  # each component's standard deviation
+    scale = (1.0 / (step * spread.clamp_min(1e-6 * float(spread[0])))).unsqueeze(1)  # b x 1: same relative step
+    encoder.linear.weight.copy_((basis * scale).float().view(b, -1, 1, 1))
+    encoder.linear.bias.copy_((-(basis @ mean) * scale[:, 0]).float())
+    decoder.linear.weight.copy_((basis / scale).T.float().view(-1, b, 1, 1))
+    decoder.linear.bias.copy_(mean.float())
 
 
 class IdentityBottleneck(nn.Module):
@@ -78,8 +106,8 @@ class BottleFit(nn.Module):
     def __init__(self, channels: int, bottleneck: int, hidden: int = 64, stride: int = 2, bits: int = 8):
         super().__init__()
         self.channels, self.bottleneck, self.stride = channels, bottleneck, stride
-        self.encoder = _encoder(channels, hidden, bottleneck, stride)  # C x H x W -> b x h x w
-        self.decoder = _decoder(bottleneck, hidden, channels, stride)  # b x h x w -> C x H x W
+        self.encoder = _Coder(channels, bottleneck, hidden // 2, stride, up=False)  # C x H x W -> b x h x w
+        self.decoder = _Coder(bottleneck, channels, hidden, stride, up=True)  # b x h x w -> C x H x W
         self.quantizer = FeatureQuantizer(bits=bits)
         self.fitted = False
 
@@ -170,8 +198,8 @@ class EntropicStudent(nn.Module):
     def __init__(self, channels: int, latent: int, hidden: int = 64, stride: int = 2, max_symbol: int = 60):
         super().__init__()
         self.channels, self.latent, self.stride = channels, latent, stride
-        self.encoder = _encoder(channels, hidden, latent, stride)  # C x H x W -> b x h x w
-        self.decoder = _decoder(latent, hidden, channels, stride)  # b x h x w -> C x H x W
+        self.encoder = _Coder(channels, latent, hidden // 2, stride, up=False)  # C x H x W -> b x h x w
+        self.decoder = _Coder(latent, channels, hidden, stride, up=True)  # b x h x w -> C x H x W
         self.prior = FactorizedPrior(latent)
         self.max_symbol = max_symbol  # the coder's support is [-max_symbol, max_symbol]; beyond it clamps
 
@@ -212,11 +240,35 @@ class EntropicStudent(nn.Module):
             self._coder = self.coder()
         return self._coder
 
+    @torch.no_grad()
+    def fit_range(self, features: torch.Tensor) -> None:
+        """Size the coder's support and the prior's starting spread to the latents of training features."""
+        y = torch.cat([self.encoder(features[i:i + 64]) for i in range(0, len(features), 64)])
+        self.max_symbol = int(min(4096, math.ceil(1.25 * float(y.abs().max())) + 1))
+        self.prior = FactorizedPrior(self.latent, init_scale=max(1.0, 4 * float(y.std())))
+        fit_prior(self.prior, y)
+
     def extra_state(self) -> dict:
-        return {}
+        return {"max_symbol": self.max_symbol}
 
     def load_extra_state(self, state: dict) -> None:
+        self.max_symbol = state.get("max_symbol", self.max_symbol)
         self._coder = None
+
+
+def fit_prior(prior: FactorizedPrior, y: torch.Tensor, steps: int = 300, samples: int = 4096) -> None:
+    """Maximum likelihood of the prior alone on (noisy) latents, so training starts with a fitted rate."""
+    values = y.detach().permute(1, 0, 2, 3).reshape(y.shape[1], -1)  # C x positions
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        pick = torch.randint(0, values.shape[1], (samples,), generator=generator)
+        batch = values[:, pick] + torch.rand(values.shape[0], samples, generator=generator) - 0.5
+        with torch.enable_grad():  # also when called under no_grad (fit_range)
+            loss = -torch.log2(prior.likelihood(batch.T.reshape(samples, -1, 1, 1))).mean()
+            optimizer.zero_grad()
+            loss.backward()
+        optimizer.step()
 
 
 BOTTLENECKS = {"bottlefit": BottleFit, "entropic": EntropicStudent}

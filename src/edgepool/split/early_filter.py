@@ -39,9 +39,7 @@ def train_filter(features: torch.Tensor, positive: np.ndarray, target_recall: fl
     mean, std = pooled.mean(0), pooled.std(0) + 1e-6
     y = torch.as_tensor(positive, dtype=torch.float32)
     model = EarlyFilter(features.shape[1])
-    with torch.no_grad():  # standardise inside the linear layer so plain full-batch L-BFGS converges
-        model.linear.weight.zero_()
-        model.linear.bias.zero_()
+    # fitted on standardised features (full-batch L-BFGS converges), then folded into the linear layer
     weight = nn.Parameter(torch.zeros(features.shape[1]))
     bias = nn.Parameter(torch.zeros(()))
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")

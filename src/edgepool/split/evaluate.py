@@ -71,7 +71,8 @@ def draw_rate_accuracy(rows: list[OptionMeasure], path, title: str | None = None
     """Accuracy against bytes per image, one curve per method (and resolution); local as a line."""
     from edgepool.plotting import _save, plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colors = plt.get_cmap("tab20").colors
     curves: dict[str, list[OptionMeasure]] = {}
     for r in rows:
         if r.option.location == "device":
@@ -80,10 +81,12 @@ def draw_rate_accuracy(rows: list[OptionMeasure], path, title: str | None = None
         if r.option.resolution != max(o.option.resolution for o in rows):
             label += f" @{r.option.resolution}px"
         curves.setdefault(label, []).append(r)
-    for label, points in sorted(curves.items()):
+    for i, (label, points) in enumerate(sorted(curves.items())):
         points.sort(key=lambda r: r.bytes_per_image)
-        ax.plot([p.bytes_per_image for p in points], [100 * p.accuracy for p in points], marker="o", ms=3,
-                label=label, linestyle="--" if "@" in label else "-")
+        learned = points[0].option.method in ("bottlefit", "entropic")
+        ax.plot([p.bytes_per_image for p in points], [100 * p.accuracy for p in points],
+                marker="*" if learned else "o", ms=9 if learned else 3, label=label,
+                linestyle="--" if "@" in label else "-", color=colors[i % len(colors)])
     local = [r for r in rows if r.option.location == "device"]
     if local:
         ax.axhline(100 * max(r.accuracy for r in local), color="black", lw=0.8, label="unsplit (local)")
@@ -91,5 +94,12 @@ def draw_rate_accuracy(rows: list[OptionMeasure], path, title: str | None = None
     ax.set_xlabel("bytes per image (real bitstreams, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "rate-accuracy")
-    ax.legend(fontsize=6, ncol=2)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
     return _save(fig, path)

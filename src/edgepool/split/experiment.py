@@ -5,7 +5,7 @@ rate-accuracy table. Each step writes into the task's artifacts folder (see `pip
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +20,9 @@ from edgepool.split.codecs import FeatureQuantizer
 from edgepool.split.data import MNIST_SIDE, ImageSet, mnist_sets, photo_sets
 from edgepool.split.evaluate import rate_accuracy_table
 from edgepool.split.network import BottleneckSpec
-from edgepool.split.options import FEATURE_METHODS, OptionMeasure, SplitOption
+from edgepool.split.options import OptionMeasure, SplitOption
 from edgepool.split.pipeline import Artifacts, pipeline
-from edgepool.split.training import TeacherCache, TrainConfig, finetune_classifier, teacher_cache, train_split
+from edgepool.split.training import TeacherCache, TrainConfig, finetune_classifier, train_split
 
 TASKS = ("photos", "mnist")
 Progress = Callable[[str, int, int], None]
@@ -100,13 +100,14 @@ def fit_quantizer(folder: Path, reference: torch.nn.Module, cache_inputs: torch.
 
 def train_bottleneck(folder: Path, reference: torch.nn.Module, cache: TeacherCache, method: str, cut: int,
                      size: int, beta: float = 0.0, stride: int = 2, config: TrainConfig | None = None,
-                     progress: Progress | None = None) -> BottleneckSpec:
+                     progress: Progress | None = None, step: float = 0.1) -> BottleneckSpec:
     """Train one bottleneck at `cut` and save it; the spec names the file."""
     if method not in ("bottlefit", "entropic"):
         raise SpecError(field="method", value=method, accepted="bottlefit, entropic")
     artifacts = Artifacts(folder)
     channels = cut_shape(reference, check_cut(cut), artifacts.side)[0]
-    spec = BottleneckSpec(method, cut, channels, size, stride=stride, beta=beta, task=artifacts.task["task"])
+    spec = BottleneckSpec(method, cut, channels, size, stride=stride, beta=beta, step=step,
+                          task=artifacts.task["task"])
     network = train_split(reference, spec, cache, config, progress)
     path = artifacts.bottleneck_path(method, spec.level, cut)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,11 +144,3 @@ def load_table(folder: Path) -> list[OptionMeasure]:
     if not path.is_file():
         raise SpecError(field="table", value=str(path), accepted="a folder evaluated by `edgepool split eval`")
     return [OptionMeasure.from_dict(d) for d in json.loads(path.read_text())]
-
-
-def is_split(option: SplitOption) -> bool:
-    return option.location == "split" and option.method in FEATURE_METHODS
-
-
-__all__ = ["TASKS", "TaskSettings", "load_sets", "prepare", "fit_quantizer", "train_bottleneck", "options_for",
-           "evaluate", "load_table", "teacher_cache", "asdict"]

@@ -258,13 +258,14 @@ def draw_latency_sweep(sweep: LatencySweep, path: str | Path, title: str | None 
     """Mean latency vs bandwidth (log x), one line per option: where each option stops paying off."""
     from edgepool.plotting import _save, plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     bws = sorted(sweep.bandwidths_bps)
-    for name in sweep.names:
+    colors = plt.get_cmap("tab20").colors
+    for i, name in enumerate(sweep.names):
         ys = [sweep.latency(name, bw) for bw in bws]
         local = sweep.measure(name, bws[0]).location == "device"
         ax.plot([b / 1e6 for b in bws], ys, linestyle="--" if local else "-", marker="" if local else "o",
-                label=name)
+                label=name, color=colors[i % len(colors)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("link bandwidth (Mbit/s)")
@@ -272,5 +273,6 @@ def draw_latency_sweep(sweep: LatencySweep, path: str | Path, title: str | None 
     cores = sweep.testbed.get("device_cores"), sweep.testbed.get("server_cores")
     ax.set_title(title or f"split computing on the testbed (device {cores[0]} core, server {cores[1]} core)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
     return _save(fig, path)

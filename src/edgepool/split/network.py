@@ -27,11 +27,13 @@ class BottleneckSpec:
     hidden: int = 64
     stride: int = 2
     beta: float = 0.0  # entropic: the rate's weight in training
+    step: float = 0.1  # entropic: the starting rounding step, in units of each component's std
     task: str = "photos"  # "photos" | "mnist": which base network
 
     @property
     def level(self) -> str:
-        return {"bottlefit": f"b{self.size}", "entropic": f"b{self.size}-beta{self.beta:g}"}.get(self.method, "")
+        names = {"bottlefit": f"b{self.size}", "entropic": f"b{self.size}-beta{self.beta:g}-step{self.step:g}"}
+        return names.get(self.method, "")
 
     def build(self) -> nn.Module:
         if self.method == "identity":
@@ -66,7 +68,10 @@ class SplitNetwork(nn.Module):
 
     @torch.no_grad()
     def server_side(self, data: bytes) -> torch.Tensor:  # -> 1 x classes logits
-        return self.tail(self.bottleneck.decode(data).unsqueeze(0))
+        # channels-last, as the head's convolutions leave their output on this CPU: the same kernels then run
+        # and an identity bottleneck reproduces the unsplit model bit for bit
+        features = self.bottleneck.decode(data).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        return self.tail(features)
 
     def save(self, path: str | Path) -> None:
         torch.save({"spec": asdict(self.spec), "state_dict": self.state_dict(),

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgepool.split.backbone import head_and_tail, predict, to_input
+from edgepool.split.bottleneck import fit_transform
 from edgepool.split.data import ImageSet
 from edgepool.split.network import BottleneckSpec, SplitNetwork
 
@@ -29,7 +30,7 @@ class TrainConfig:
     head_epochs: int = 12
     tail_epochs: int = 2
     batch: int = 32
-    head_lr: float = 2e-3
+    head_lr: float = 5e-4
     tail_lr: float = 1e-4
     temperature: float = 1.0
     patch: int = 32  # stage 1 trains on random patches of the cut's features (convolutions: same weights)
@@ -72,7 +73,11 @@ def train_split(teacher: nn.Module, spec: BottleneckSpec, cache: TeacherCache, c
     pixels = cache.inputs.shape[-1] * cache.inputs.shape[-2]
     report = progress or (lambda *_: None)
 
-    # stage 1: encoder + decoder (+ prior) on the cached features at the cut
+    # stage 1: encoder + decoder (+ prior) on the cached features at the cut, from a transform code
+    fit_transform(bottleneck.encoder, bottleneck.decoder, cache.features, spec.step if spec.method == "entropic"
+                  else 1.0)
+    if hasattr(bottleneck, "fit_range"):
+        bottleneck.fit_range(cache.features)
     bottleneck.train()
     optimizer = torch.optim.Adam(bottleneck.parameters(), lr=config.head_lr)
     steps = config.head_epochs * -(-n // config.batch)
