@@ -45,6 +45,11 @@ class _Coder(nn.Module):
         return self.linear(x) + self.branch(x)
 
 
+def _coders(channels: int, size: int, hidden: int, stride: int) -> tuple[_Coder, _Coder]:
+    """Encoder C x H x W -> b x h x w (light: it runs on the device) and decoder back (heavier: on the server)."""
+    return (_Coder(channels, size, hidden // 2, stride, up=False), _Coder(size, channels, hidden, stride, up=True))
+
+
 @torch.no_grad()
 def fit_transform(encoder: _Coder, decoder: _Coder, features: torch.Tensor, step: float) -> None:
     """Start encoder and decoder as a transform code (PCA over channels) of `features` (N x C x H x W)."""
@@ -106,8 +111,7 @@ class BottleFit(nn.Module):
     def __init__(self, channels: int, bottleneck: int, hidden: int = 64, stride: int = 2, bits: int = 8):
         super().__init__()
         self.channels, self.bottleneck, self.stride = channels, bottleneck, stride
-        self.encoder = _Coder(channels, bottleneck, hidden // 2, stride, up=False)  # C x H x W -> b x h x w
-        self.decoder = _Coder(bottleneck, channels, hidden, stride, up=True)  # b x h x w -> C x H x W
+        self.encoder, self.decoder = _coders(channels, bottleneck, hidden, stride)
         self.quantizer = FeatureQuantizer(bits=bits)
         self.fitted = False
 
@@ -198,8 +202,7 @@ class EntropicStudent(nn.Module):
     def __init__(self, channels: int, latent: int, hidden: int = 64, stride: int = 2, max_symbol: int = 60):
         super().__init__()
         self.channels, self.latent, self.stride = channels, latent, stride
-        self.encoder = _Coder(channels, latent, hidden // 2, stride, up=False)  # C x H x W -> b x h x w
-        self.decoder = _Coder(latent, channels, hidden, stride, up=True)  # b x h x w -> C x H x W
+        self.encoder, self.decoder = _coders(channels, latent, hidden, stride)
         self.prior = FactorizedPrior(latent)
         self.max_symbol = max_symbol  # the coder's support is [-max_symbol, max_symbol]; beyond it clamps
 
