@@ -165,8 +165,9 @@ def pack(kind: str, shape: tuple[int, ...], payload: bytes, meta: bytes = b"") -
     return head + body + _CRC.pack(zlib.crc32(head[len(MAGIC):] + body))
 
 
-def unpack(data: bytes) -> Frame:
-    """Parse and check a frame; any truncation, flipped bit or foreign data raises BitstreamError."""
+def unpack(data: bytes, expected: str | None = None) -> Frame:
+    """Parse and check a frame (and that it holds the `expected` kind, if given); any truncation, flipped bit or foreign
+    data raises BitstreamError."""
     data = bytes(data)
     if data[:len(MAGIC)] != MAGIC[:len(data)]:
         raise BitstreamError(f"not an edgepool split bitstream: bad magic {data[:len(MAGIC)]!r} (expected {MAGIC!r})")
@@ -200,6 +201,8 @@ def unpack(data: bytes) -> Frame:
             raise ValueError("header fields run past the frame")
     except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
         raise BitstreamError(f"bitstream corrupted: bad header ({exc})") from None
+    if expected is not None and kind != expected:
+        raise BitstreamError(f"bitstream is of kind {kind!r}, expected {expected!r}")
     return Frame(kind=kind, shape=tuple(shape), payload=data[pos:total - _CRC.size], meta=meta)
 
 
@@ -211,7 +214,5 @@ def encode_tensor(symbols: np.ndarray, coder: SymbolCoder, kind: str, meta: byte
 
 def decode_tensor(data: bytes, coder: SymbolCoder, kind: str) -> tuple[np.ndarray, bytes]:
     """Check the frame and its kind, then decode: (int32 symbols, meta)."""
-    frame = unpack(data)
-    if frame.kind != kind:
-        raise BitstreamError(f"bitstream is of kind {frame.kind!r}, expected {kind!r}")
+    frame = unpack(data, kind)
     return coder.decode(frame.payload, frame.shape), frame.meta

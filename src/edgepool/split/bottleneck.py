@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgepool.split.backbone import predict
 from edgepool.split.bitstream import BitstreamError, SymbolCoder, decode_tensor, encode_tensor, pack, unpack
 from edgepool.split.codecs import FeatureQuantizer
 
@@ -84,9 +85,7 @@ class IdentityBottleneck(nn.Module):
 
     @torch.no_grad()
     def decode(self, data: bytes) -> torch.Tensor:
-        frame = unpack(data)
-        if frame.kind != "raw":
-            raise BitstreamError(f"bitstream holds {frame.kind!r}, this decoder reads 'raw'")
+        frame = unpack(data, "raw")
         count = math.prod(frame.shape)
         if len(frame.payload) != 4 * count:
             raise BitstreamError(f"bitstream corrupted: raw payload of {len(frame.payload)} bytes for shape "
@@ -122,8 +121,7 @@ class BottleFit(nn.Module):
     def fit_coder(self, features: torch.Tensor) -> None:
         """Fit the quantizer's range and the entropy coder's tables on training features (N x C x H x W)."""
         self.eval()
-        z = torch.cat([self.encoder(features[i:i + 64]) for i in range(0, len(features), 64)])
-        self.quantizer.fit(z)
+        self.quantizer.fit(predict(self.encoder, features, batch=64))
         self.fitted = True
 
     @torch.no_grad()

@@ -135,40 +135,22 @@ class OffloadPipeline(Pipeline):
         return predict(self.model, self.inputs(decoded)).argmax(1).numpy()
 
 
-class FeaturePipeline(Pipeline):
-    """Head on the device, its features quantized to 8 bits and entropy coded, tail on the server."""
+class SplitPipeline(Pipeline):
+    """Head on the device, its features coded by `coder` (8-bit features, or a trained bottleneck's encoder and
+    entropy coder), tail on the server after `coder` decodes them."""
 
-    def __init__(self, option: SplitOption, side: int, model: nn.Module, quantizer: FeatureQuantizer):
+    def __init__(self, option: SplitOption, side: int, head: nn.Module, tail: nn.Module, coder):
         super().__init__(option, side)
-        self.head, self.tail = head_and_tail(model, option.cut)
-        self.quantizer = quantizer
+        self.head, self.tail, self.coder = head, tail, coder  # coder: encode(C x H x W) -> bytes, decode back
 
     @torch.no_grad()
     def device_batch(self, images: np.ndarray) -> list:
-        return [self.quantizer.encode(f) for f in predict(self.head, self.inputs(images))]
+        return [self.coder.encode(f) for f in predict(self.head, self.inputs(images))]
 
     @torch.no_grad()
     def server_batch(self, payloads: list[bytes]) -> np.ndarray:
-        features = torch.stack([self.quantizer.decode(p) for p in payloads])
+        features = torch.stack([self.coder.decode(p) for p in payloads])
         return predict(self.tail, features).argmax(1).numpy()
-
-
-class BottleneckPipeline(Pipeline):
-    """A trained split network: head + encoder + entropy coder on the device, decoder + tail on the server."""
-
-    def __init__(self, option: SplitOption, side: int, network: SplitNetwork):
-        super().__init__(option, side)
-        self.network = network.eval()
-
-    @torch.no_grad()
-    def device_batch(self, images: np.ndarray) -> list:
-        features = predict(self.network.head, self.inputs(images))
-        return [self.network.bottleneck.encode(f) for f in features]
-
-    @torch.no_grad()
-    def server_batch(self, payloads: list[bytes]) -> np.ndarray:
-        features = torch.stack([self.network.bottleneck.decode(p) for p in payloads])
-        return predict(self.network.tail, features).argmax(1).numpy()
 
 
 def pipeline(option: SplitOption, artifacts: Artifacts) -> Pipeline:
@@ -188,8 +170,10 @@ def pipeline(option: SplitOption, artifacts: Artifacts) -> Pipeline:
         return OffloadPipeline(option, side, artifacts.reference, InputCodec(option.method, quality, resolution,
                                                                              lossless))
     if option.method == "feature8":
-        return FeaturePipeline(option, side, artifacts.reference, artifacts.quantizer(option.cut))
-    return BottleneckPipeline(option, side, artifacts.bottleneck(option))
+        return SplitPipeline(option, side, *head_and_tail(artifacts.reference, option.cut),
+                             artifacts.quantizer(option.cut))
+    network = artifacts.bottleneck(option)
+    return SplitPipeline(option, side, network.head, network.tail, network.bottleneck)
 
 
 def build(option: SplitOption, artifacts: str) -> tuple:
