@@ -24,6 +24,42 @@ class PowerMode(BaseModel):
     compute_scale: float = Field(default=1.0, gt=0, le=1.0)
 
 
+class Accelerator(BaseModel):
+    """A low-precision accelerator a device carries (an NPU, a TPU, a DSP, a small GPU) and the link to it.
+
+    It computes only in the precisions of `peak_flops`; weights beyond `memory_bytes` cross the link on
+    every inference (the Coral Edge TPU streams off-chip parameters over USB this way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["npu", "tpu", "dsp", "gpu"] = "npu"
+    description: str = ""
+    peak_flops: dict[str, float]  # precision -> op/s, dense
+    memory_bytes: int = Field(gt=0, description="memory for weights on or beside the accelerator")
+    power_active_w: float = Field(gt=0)
+    power_idle_w: float = Field(default=0.0, ge=0)
+    link_bandwidth: float = Field(gt=0, description="bytes/s between the CPU's memory and the accelerator")
+    link_latency_s: float = Field(ge=0, description="fixed cost of one hand-over between CPU and accelerator")
+    efficiency: float = Field(default=0.4, gt=0, le=1.0)
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("peak_flops")
+    @classmethod
+    def _known_precisions(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PRECISIONS))
+        if unknown or not value:
+            raise ValueError(f"unknown precision(s) {unknown or '(none given)'}; accepted: {', '.join(PRECISIONS)}")
+        if any(v <= 0 for v in value.values()):
+            raise ValueError("every peak_flops value must be > 0 (op/s)")
+        return value
+
+    @property
+    def precisions(self) -> list[str]:
+        """What it computes in, fastest first."""
+        return sorted(self.peak_flops, key=lambda p: -self.peak_flops[p])
+
+
 class Device(BaseModel):
     """Capabilities of one device. Throughput in FLOP/s (int8: op/s), memory and bandwidth in bytes."""
 
@@ -43,6 +79,9 @@ class Device(BaseModel):
     efficiency: float = Field(default=0.4, gt=0, le=1.0)
     sources: dict[str, str] = Field(default_factory=dict)
     measured: bool = False
+    # fp32 FLOP/s of the CPU cores where `peak_flops` describes a GPU or a whole SoC; None: the device is its CPU
+    cpu_peak_flops: float | None = Field(default=None, gt=0)
+    accelerator: Accelerator | None = None
 
     @field_validator("peak_flops")
     @classmethod
@@ -69,6 +108,10 @@ class Device(BaseModel):
         if precision == "bf16" and "bf16" not in self.peak_flops:
             precision = "fp16"
         return self.peak_flops.get(precision, self.peak_flops["fp32"])
+
+    def cpu_peak(self) -> float:
+        """fp32 FLOP/s of the CPU cores (precision placement runs the CPU side in fp32)."""
+        return self.cpu_peak_flops or self.peak_flops["fp32"]
 
     def mode(self, name: str | None) -> PowerMode | None:
         """The named power mode, or None for the device's default (maximum) mode."""

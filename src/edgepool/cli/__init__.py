@@ -52,10 +52,11 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import (bench, core, demo, elastic, finetune, inference, pool, power, report, runtime,  # noqa: E402
-               serving, split, training)
+from . import (bench, core, demo, elastic, finetune, inference, pool, power, precision, report,  # noqa: E402
+               runtime, serving, split, training)
 
-for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, split, bench):
+for _area in (core, training, runtime, demo, report, elastic, inference, finetune, serving, power, pool, split,
+              precision, bench):
     _area.register(app)
 
 

@@ -40,6 +40,16 @@ def register(app: typer.Typer) -> None:
                           _gb(d.memory_bytes), f"{d.memory_bandwidth / 1e9:.1f}",
                           f"{d.power_idle_w:g}-{d.power_max_w:g}", *(extra if wide else []))
         Console().print(table)
+        boards = [d for d in catalog if d.accelerator]
+        if boards:
+            table = narrow_table("low-precision accelerators beside the CPU (edgepool precision)",
+                                 ["name", "accelerator", "TOPS by precision", "link MB/s", "W"],
+                                 left=("accelerator", "TOPS by precision"))
+            for d in boards:
+                a = d.accelerator
+                peaks = ", ".join(f"{p} {a.peak_flops[p] / 1e12:.3g}" for p in a.precisions)
+                table.add_row(d.name, a.name, peaks, f"{a.link_bandwidth / 1e6:.0f}", f"{a.power_active_w:g}")
+            Console().print(table)
 
     @app.command()
     def profile(

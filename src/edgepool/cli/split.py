@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgepool.atomic import write_text_atomic
+from edgepool.cli.progress import StageBar as _Bar
 from edgepool.errors import SpecError
 
 split_app = typer.Typer(help="Split computing: learned bottlenecks, real bitstreams, where to split.",
@@ -16,33 +17,6 @@ split_app = typer.Typer(help="Split computing: learned bottlenecks, real bitstre
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the top-level app."""
     app.add_typer(split_app, name="split")
-
-
-class _Bar:
-    """A rich progress bar fed by the library's (stage, done, total) callbacks."""
-
-    def __init__(self, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = None if quiet else Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                                    MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self) -> "_Bar":
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress:
-            self.progress.stop()
-
-    def __call__(self, stage: str, done: int = 0, total: int | None = None) -> None:
-        if not self.progress:
-            return
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
 def _echo_json(data: dict, path: Path) -> None:
