@@ -131,6 +131,7 @@ class DigitsSettings:
 
 @dataclass(frozen=True)
 class MnistSettings:
+    n_train: int | None = None  # None: every digit not held out (3,100)
     n_calibration: int = 200
     n_validation: int = 700  # both held out of mnist_sets' 4,000 training digits; its 1,000 test digits test
     epochs: int = 2  # as split computing fine-tunes its unsplit reference
@@ -153,20 +154,24 @@ SETTINGS = {"digits-cnn": DigitsSettings(), "mnist-mobilenetv2": MnistSettings()
 IMAGE_BATCH = 64
 
 
-def load_task(name: str, seed: int = 0, cache_dir: Path | None = None, progress: Progress | None = None
-              ) -> PrecisionTask:
-    """One of `TASK_NAMES`, trained from `seed` (or its weights read back from `cache_dir`), offline."""
+def load_task(name: str, seed: int = 0, cache_dir: Path | None = None, progress: Progress | None = None,
+              settings=None) -> PrecisionTask:
+    """One of `TASK_NAMES`, trained from `seed` (or its weights read back from `cache_dir`), offline.
+    `settings` replaces the task's `SETTINGS` entry (smaller sizes, for tests)."""
     builders = {"digits-cnn": _digits_task, "mnist-mobilenetv2": _mnist_task, "minilm-tweets": _tweets_task}
     if name not in builders:
         raise SpecError(field="model", value=name, accepted=", ".join(TASK_NAMES))
-    path = weights_path(cache_dir, name, seed) if cache_dir is not None else None
+    settings = settings or SETTINGS[name]
+    if type(settings) is not type(SETTINGS[name]):
+        raise SpecError(field="settings", value=type(settings).__name__, accepted=type(SETTINGS[name]).__name__)
+    path = weights_path(cache_dir, name, seed, settings) if cache_dir is not None else None
     with torch.random.fork_rng(devices=[]):  # seeded training, without moving the caller's random state
-        return builders[name](seed, path, progress or (lambda *_: None))
+        return builders[name](seed, path, progress or (lambda *_: None), settings)
 
 
-def weights_path(cache_dir: Path, name: str, seed: int) -> Path:
+def weights_path(cache_dir: Path, name: str, seed: int, settings=None) -> Path:
     """Where a task's trained weights are kept: task, seed and a hash of its settings in the name."""
-    settings = json.dumps({"format": WEIGHTS_FORMAT, **asdict(SETTINGS[name])}, sort_keys=True)
+    settings = json.dumps({"format": WEIGHTS_FORMAT, **asdict(settings or SETTINGS[name])}, sort_keys=True)
     digest = hashlib.blake2b(settings.encode(), digest_size=4).hexdigest()
     return Path(cache_dir) / f"{name}-seed{seed}-{digest}.pt"
 
@@ -254,8 +259,7 @@ def _digits_portions(seed: int, s: DigitsSettings) -> dict[str, tuple[torch.Tens
     return {name: (x[idx], y[idx]) for name, idx in portions.items()}
 
 
-def _digits_task(seed: int, path: Path | None, progress: Progress) -> PrecisionTask:
-    s = SETTINGS["digits-cnn"]
+def _digits_task(seed: int, path: Path | None, progress: Progress, s) -> PrecisionTask:
     data = _digits_portions(seed, s)
     torch.manual_seed(seed)
     units = digits_cnn()
@@ -277,12 +281,11 @@ def _digits_task(seed: int, path: Path | None, progress: Progress) -> PrecisionT
 MOBILENET_UNIT_NAMES = ["stem"] + [f"block{i}" for i in range(1, 18)] + ["conv_last", "head"]
 
 
-def _mnist_task(seed: int, path: Path | None, progress: Progress) -> PrecisionTask:
-    s = SETTINGS["mnist-mobilenetv2"]
+def _mnist_task(seed: int, path: Path | None, progress: Progress, s) -> PrecisionTask:
     train_set, test_set = mnist_sets(seed)
     order = np.random.default_rng(seed).permutation(len(train_set))
     calibration, validation = order[:s.n_calibration], order[s.n_calibration:s.n_calibration + s.n_validation]
-    finetune = order[s.n_calibration + s.n_validation:]
+    finetune = order[s.n_calibration + s.n_validation:][:s.n_train]
 
     def split(images: np.ndarray, labels: np.ndarray) -> Split:
         return _image_split(to_input(images, MNIST_SIDE), torch.as_tensor(labels))  # N x 3 x 64 x 64
@@ -415,8 +418,7 @@ def _pooled_features(units: nn.Sequential, context: TokenContext, split: Split, 
     return torch.cat(out)
 
 
-def _tweets_task(seed: int, path: Path | None, progress: Progress) -> PrecisionTask:
-    s = SETTINGS["minilm-tweets"]
+def _tweets_task(seed: int, path: Path | None, progress: Progress, s) -> PrecisionTask:
     backbone = load_backbone("all-minilm-l6-v2")
     held_out = s.n_calibration + s.n_validation + s.n_test
     encoded = encode_task(load_tweet_sentiment(s.n_train, held_out, seed=seed), backbone.tokenizer, s.max_length)
