@@ -11,7 +11,8 @@ from edgepool.catalog import get_device
 from edgepool.precision.cost import CostTable, UnitCost
 from edgepool.precision.placement import CPU, Target
 from edgepool.precision.problem import PlacementProblem, all_cpu
-from edgepool.precision.rl import PlacementEnv, RLPolicy, proxy_range, rollout, train_rl
+from edgepool.precision.problem import proxy_range
+from edgepool.precision.rl import PlacementEnv, RLPolicy, rollout, train_rl
 
 INT8, FP16 = Target("accelerator", "int8"), Target("accelerator", "fp16")
 SENSITIVE = {2, 5}  # units whose int8 costs ten times the others'

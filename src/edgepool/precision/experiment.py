@@ -70,7 +70,7 @@ class Workbench:
     sensitivity: SensitivityTable
     units: list[UnitCost]
     measured_on: str
-    notes: dict = field(default_factory=dict)
+    measured: dict[tuple[str, ...], float] = field(default_factory=dict)  # validation accuracy per precision tuple
 
     def reference_accuracy(self, split: str = "validation") -> float:
         return self.evaluator.accuracy(("fp32",) * self.task.num_units, split)
@@ -88,7 +88,7 @@ class Workbench:
         drops = [{p: (0.0 if p == "fp32" else self.sensitivity.drop(i, p)) for p in precisions} for i in range(n)]
         return PlacementProblem(CostTable.build(device, self.units), proxy, drops, self.reference_accuracy(),
                                 max_loss_points, lambda precs: self.evaluator.accuracy(precs, "validation"),
-                                measured=self.notes.setdefault("measured", {}))
+                                measured=self.measured)
 
 
 def profile_units(task: PrecisionTask, batch: int = PROFILE_BATCH) -> tuple[list[UnitCost], str]:

@@ -92,13 +92,6 @@ def probe_time_s(problem: PlacementProblem, fast: Targets, probe_after: int) -> 
     return problem.costs.device.accelerator.link_latency_s if last.on_accelerator else 0.0
 
 
-def _restricted(problem: PlacementProblem, prefix: Targets) -> PlacementProblem:
-    """The problem with its first units fixed to `prefix` (the decision is made on their output)."""
-    allowed = [[prefix[i]] if i < len(prefix) else problem.targets_of(i) for i in range(problem.num_units)]
-    return PlacementProblem(problem.costs, problem.proxy, problem.drop_points, problem.reference_accuracy,
-                            problem.max_loss_points, problem.measure, allowed, problem.measured)
-
-
 def route(problem: PlacementProblem, evaluator, base: Targets, probe_after: int | None = None,
           budgets: int = 4) -> Routing:
     """The fastest routing that keeps the floor on validation, of two kinds (or none: all on `base`).
@@ -122,7 +115,7 @@ def route(problem: PlacementProblem, evaluator, base: Targets, probe_after: int 
         else:
             high = sum(max(row.values()) for row in problem.proxy[k:]) or 1.0
             budgets_ = [float("inf"), *np.geomspace(high / 100, high, budgets)]
-            fast_options = {lagrangian(_restricted(problem, prefix), b) for b in budgets_}
+            fast_options = {lagrangian(problem.fixing(prefix), b) for b in budgets_}
             fast_options = [f for f in fast_options if problem.time_of(f) < problem.time_of(base)]
         if not fast_options:
             continue

@@ -17,7 +17,7 @@ import numpy as np
 from edgepool.precision.placement import CPU, Placement, Target
 from edgepool.precision.policy import PlacementPolicy
 from edgepool.precision.problem import (PlacementProblem, Targets, all_cpu, as_placement, budget_search,
-                                        fastest_feasible)
+                                        fastest_feasible, proxy_range)
 
 
 def fastest_target(problem: PlacementProblem, unit: int) -> Target:
@@ -89,9 +89,9 @@ class MlmpMaxAccuracy(PlacementPolicy):
             return as_placement(self.name, self.within(problem, self.time_budget_s))
         low = problem.time_of(AllAccelerator().place(problem).targets)
         high = problem.time_of(all_cpu(problem))
-        best = all_cpu(problem)
-        if problem.meets_floor(self.within(problem, low)):
-            return as_placement(self.name, self.within(problem, low))
+        best, fastest = all_cpu(problem), self.within(problem, low)
+        if problem.meets_floor(fastest):
+            return as_placement(self.name, fastest)
         for _ in range(self.steps):
             mid = (low + high) / 2
             targets = self.within(problem, mid)
@@ -245,17 +245,15 @@ class Oracle(PlacementPolicy):
         self.exhaustive_up_to, self.grid = exhaustive_up_to, grid
 
     def candidates(self, problem: PlacementProblem) -> list[Targets]:
-        options = [problem.targets_of(i) for i in range(problem.num_units)]
-        if np.prod([len(o) for o in options], dtype=float) <= self.exhaustive_up_to:
-            return [tuple(p) for p in itertools.product(*options)]
-        positive = sorted(v for row in problem.proxy for v in row.values() if v > 0)
-        high = sum(max(row.values()) for row in problem.proxy)
-        budgets = [0.0] + list(np.geomspace(positive[0] / 2, high, self.grid)) if positive else [0.0]
+        if self.exhaustive(problem):
+            return [tuple(p) for p in itertools.product(*(problem.targets_of(i) for i in range(problem.num_units)))]
+        smallest, high = proxy_range(problem)
+        budgets = [0.0] + list(np.geomspace(smallest / 2, high, self.grid)) if smallest else [0.0]
         return [milp(problem, b) for b in budgets]
 
     def exhaustive(self, problem: PlacementProblem) -> bool:
-        options = [problem.targets_of(i) for i in range(problem.num_units)]
-        return np.prod([len(o) for o in options], dtype=float) <= self.exhaustive_up_to
+        return np.prod([len(problem.targets_of(i)) for i in range(problem.num_units)], dtype=float) \
+            <= self.exhaustive_up_to
 
     def place(self, problem: PlacementProblem) -> Placement:
         return as_placement(self.name, fastest_feasible(problem, self.candidates(problem)))

@@ -9,7 +9,7 @@ optimizes against the proxy finds, by measurement, the largest proxy budget whos
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from edgepool.precision.cost import CostTable
@@ -60,8 +60,21 @@ class PlacementProblem:
 
     def with_floor(self, max_loss_points: float) -> "PlacementProblem":
         """The same problem at another floor (or afresh), sharing every measurement made so far."""
-        return PlacementProblem(self.costs, self.proxy, self.drop_points, self.reference_accuracy, max_loss_points,
-                                self.measure, self.allowed, self.measured)
+        return replace(self, max_loss_points=max_loss_points, queried=set())
+
+    def fixing(self, prefix: Targets) -> "PlacementProblem":
+        """The same problem with its first units fixed to `prefix`, sharing every measurement made so far."""
+        allowed = [[prefix[i]] if i < len(prefix) else self.targets_of(i) for i in range(self.num_units)]
+        return replace(self, allowed=allowed, queried=set())
+
+
+def proxy_range(problem: PlacementProblem) -> tuple[float, float]:
+    """The budgets worth telling apart: (smallest positive proxy, total of each unit's largest); (0, 0) when no
+    precision costs anything."""
+    positive = [v for row in problem.proxy for v in row.values() if v > 0]
+    if not positive:
+        return 0.0, 0.0
+    return min(positive), sum(max(row.values()) for row in problem.proxy)
 
 
 def all_cpu(problem: PlacementProblem) -> Targets:
@@ -92,12 +105,13 @@ def budget_search(problem: PlacementProblem, solve: Callable[[float], Targets], 
     def better(targets: Targets) -> bool:  # faster than the best so far, and keeps the floor when measured
         return problem.time_of(targets) < problem.time_of(best) and problem.meets_floor(targets)
 
-    positive = [v for row in problem.proxy for v in row.values() if v > 0]
-    high = sum(max(row.values()) for row in problem.proxy)
+    smallest, high = proxy_range(problem)
     fastest = solve(high)
-    if better(fastest) or not positive:
-        return fastest if better(fastest) else best
-    low = min(positive) / 2
+    if better(fastest):
+        return fastest
+    if not smallest:  # no budget between 0 and `high` to try
+        return best
+    low = smallest / 2
     for _ in range(steps):
         mid = math.sqrt(low * high)
         targets = solve(mid)

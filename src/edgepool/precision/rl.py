@@ -23,20 +23,12 @@ import numpy as np
 from edgepool.precision.placement import CPU, Placement, Target
 from edgepool.precision.policy import PlacementPolicy
 from edgepool.precision.policies import viterbi
-from edgepool.precision.problem import PlacementProblem, Targets, all_cpu, as_placement, budget_search
+from edgepool.precision.problem import (PlacementProblem, Targets, all_cpu, as_placement, budget_search,
+                                        proxy_range)
 
 EDGE_BUDGET_P = 0.1  # chance an episode's budget is exactly 0, and again exactly the maximum
 TIME_SO_FAR_HIGH = 2.0  # a placement slower than twice all-CPU reads as twice
 BUDGET_SLACK = 1e-12  # proxies are sums of floats
-
-
-def proxy_range(problem: PlacementProblem) -> tuple[float, float]:
-    """The budgets worth telling apart, as `budget_search` bisects them: (smallest positive proxy, total of
-    each unit's largest). (0, 0) when no precision costs anything."""
-    positive = [v for row in problem.proxy for v in row.values() if v > 0]
-    if not positive:
-        return 0.0, 0.0
-    return min(positive), sum(max(row.values()) for row in problem.proxy)
 
 
 class PlacementEnv(gym.Env):
