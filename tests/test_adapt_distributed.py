@@ -52,9 +52,10 @@ def test_two_processes_give_the_in_process_results_sample_by_sample(cache):
 def test_a_dropped_link_leaves_the_edge_serving_and_uploads_resume(cache, launcher):
     if launcher == "testbed" and unavailable_reason():
         pytest.skip(f"testbed: {unavailable_reason()}")
-    outage = (2, 4)  # batches 2 and 3 with the link down
+    outage = (2, 4)  # batches 2 and 3 with the link down (a reply timeout well above the cloud's answer time,
+    # so that the state a batch serves with changes only when the link lets it)
     result = run_over_link("upload-all", PHASES, dataset="digits", cache_dir=cache, launcher=launcher,
-                           outages=[outage], reply_timeout_s=1.0, bandwidth_bps=4e6, batch_interval_s=0.4)
+                           outages=[outage], reply_timeout_s=3.0, bandwidth_bps=4e6, batch_interval_s=0.4)
     edge, link = result.edge, result.edge["link"]
     assert len(edge["predictions"]) == sum(p.n for p in PHASES)  # every sample was served
     versions = np.asarray(edge["applied_version"]).reshape(-1, 64)[:, 0]  # per batch: the state it served with
