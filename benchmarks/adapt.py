@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from edgepool.benchmarking import metric_lines, output_folder, save_result
+
 LINK_BPS = 10e6  # the edge-cloud link of part 3
 OUTAGE = (20, 35)  # batches of part 3's stream with the link down
 BATCH_INTERVAL_S = 0.05  # part 3: a batch of 64 digits arrives every this many seconds
@@ -35,12 +37,11 @@ def _say(progress: bool):
 
 def _over_link(cema: dict, cache: Path, quick: bool, bar) -> dict:
     """CEMA with the edge and the cloud in two processes (testbed if root), the link down for a while."""
-    from edgepool.adapt.compare import FULL, QUICK
+    from edgepool.adapt.compare import benchmark_stream
     from edgepool.adapt.distributed import run_over_link
-    from edgepool.adapt.stream import default_phases
 
-    mode = QUICK if quick else FULL  # the stream compare_methods ran on
-    result = run_over_link("cema", default_phases(mode["n_per_phase"]), dataset=mode["dataset"], cache_dir=cache,
+    dataset, phases = benchmark_stream(quick)  # the stream compare_methods ran on
+    result = run_over_link("cema", phases, dataset=dataset, cache_dir=cache,
                            batch=cema["setup"]["batch"], bandwidth_bps=LINK_BPS, launcher="testbed",
                            outages=[] if quick else [OUTAGE], batch_interval_s=0.0 if quick else BATCH_INTERVAL_S,
                            reply_timeout_s=1.0, progress=bar)
@@ -66,8 +67,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.finetune.sparse_compare import compare_sparse
 
     started = time.perf_counter()
-    out = Path(os.environ.get("EDGEPOOL_BENCH_OUT", "runs/bench-adapt"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder("adapt")
     cache = Path(os.environ.get("EDGEPOOL_ADAPT_CACHE") or tempfile.mkdtemp(prefix="edgepool-adapt-"))
     with _say(progress) as bar:
         sparse = compare_sparse(quick, progress=bar)
@@ -81,17 +81,14 @@ def run(quick: bool = False, progress: bool = True) -> dict:
               "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})",
               "seconds": round(time.perf_counter() - started, 1),
               "command": "edgepool bench adapt" + (" --quick" if quick else "") + " --json"}
-    import json
-
-    (out / "adapt.json").write_text(json.dumps(result, indent=1, default=str))
+    save_result(result, out)
     return result
 
 
 def render(result: dict) -> str:
     lines = [f"on-device adaptation ({'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s, "
              f"{result['machine']})"]
-    for key, value in result["metrics"].items():
-        lines.append(f"  {key:40s} {value if value is None else round(value, 4)}")
+    lines += metric_lines(result["metrics"], 40)
     link = result["cema_over_link"]
     lines.append(f"  CEMA over the link ({link['where'].get('launcher')}): accuracy "
                  f"{100 * link['mean_accuracy_over_shifts']:.1f}% "

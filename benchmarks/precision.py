@@ -9,7 +9,6 @@ Simulated: times and energies (the cost model over the catalog's CPU and acceler
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from edgepool.benchmarking import metric_lines, output_folder, save_result
 from edgepool.precision import experiment as ex
 
 TASKS = ("digits-cnn", "mnist-mobilenetv2", "minilm-tweets")
@@ -88,8 +88,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.cli.progress import StageBar
 
     started = time.perf_counter()
-    out = Path(os.environ.get("EDGEPOOL_BENCH_OUT", "runs/bench-precision"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder("precision")
     cache = Path(os.environ.get("EDGEPOOL_PRECISION_CACHE") or tempfile.mkdtemp(prefix="edgepool-precision-"))
     cases, details = [], {"tasks": {}}
     with StageBar(not progress) as bar:
@@ -126,14 +125,13 @@ def run(quick: bool = False, progress: bool = True) -> dict:
               "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch "
                          f"{torch.__version__})", "seconds": time.perf_counter() - started,
               "command": "edgepool bench precision" + (" --quick" if quick else "") + " --json"}
-    (out / "precision.json").write_text(json.dumps(result, indent=1, default=str))
+    save_result(result, out)
     return result
 
 
 def render(result: dict) -> str:
     lines = [f"precision placement ({'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s)"]
-    for key, value in result["metrics"].items():
-        lines.append(f"  {key:42s} {value if value is None else round(value, 4)}")
+    lines += metric_lines(result["metrics"], 42)
     lines.append("  per case: task / device / floor -> ours ms, MLMP ms, oracle ms, gain vs all-acc (pt)")
     for c in result["cases"]:
         lines.append(f"  {c['task'][:18]:18s} {c['device'][:14]:14s} -{c['floor_points']:<4g} "

@@ -9,9 +9,7 @@ synthetic bandwidth traces shaped like published 3G/4G logs).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepool.benchmarking import metric_lines, output_folder, save_result
 from edgepool.split import experiment as ex
 from edgepool.split.backbone import head_and_tail, predict, to_input
 from edgepool.split.early_filter import evaluate_filter, train_filter
@@ -211,8 +210,7 @@ def _adaptive(rows, out: Path, quick: bool, progress: bool) -> dict:
 
 def run(quick: bool = False, progress: bool = True) -> dict:
     started = time.perf_counter()
-    out = Path(os.environ.get("EDGEPOOL_BENCH_OUT", "runs/bench-split"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder("split")
     work = Path(tempfile.mkdtemp(prefix="edgepool-split-bench-"))
     sizes = QUICK if quick else FULL
     details: dict = {"machine": "this host; compute times on one thread", "tasks": {}}
@@ -261,12 +259,11 @@ def run(quick: bool = False, progress: bool = True) -> dict:
               "measured": ["bytes (len of real bitstreams)", "accuracy", "compute seconds",
                            "latency on the testbed (root)"], "seconds": time.perf_counter() - started,
               "command": "edgepool bench split" + (" --quick" if quick else "") + " --json"}
-    (out / "split.json").write_text(json.dumps(result, indent=1, default=str))
+    save_result(result, out)
     return result
 
 
 def render(result: dict) -> str:
     lines = [f"split computing ({'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s)"]
-    for key, value in result["metrics"].items():
-        lines.append(f"  {key:52s} {value if value is None else round(value, 4)}")
+    lines += metric_lines(result["metrics"], 52)
     return "\n".join(lines)

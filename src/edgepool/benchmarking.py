@@ -7,11 +7,31 @@ A benchmark module defines `run(quick: bool = False, progress: bool = True) -> d
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from types import ModuleType
 
 from edgepool.errors import SpecError
+
+
+def output_folder(name: str) -> Path:
+    """Where benchmark NAME writes its JSON and plots: $EDGEPOOL_BENCH_OUT, else runs/bench-NAME (created)."""
+    folder = Path(os.environ.get("EDGEPOOL_BENCH_OUT", f"runs/bench-{name}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_result(result: dict, folder: Path) -> Path:
+    """The run's whole result as `folder/NAME.json`, beside its plots."""
+    path = folder / f"{result['benchmark']}.json"
+    path.write_text(json.dumps(result, indent=1, default=str))
+    return path
+
+
+def metric_lines(metrics: dict, width: int) -> list[str]:
+    """One line per metric for `render`: its name padded to `width`, the value rounded to 4 places."""
+    return [f"  {key:{width}s} {value if value is None else round(value, 4)}" for key, value in metrics.items()]
 
 
 def benchmark_dirs() -> list[Path]:
