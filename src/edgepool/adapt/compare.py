@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from edgepool.adapt.models import DEFAULT_CACHE, TrainedModels, trained_models
 from edgepool.adapt.run import METHODS, AdaptRun, RunSettings, run_stream
-from edgepool.adapt.stream import DEFAULT_SHIFTS, Stream, build_stream, default_phases
+from edgepool.adapt.stream import DEFAULT_SHIFTS, Phase, Stream, build_stream, default_phases
 from edgepool.atomic import atomic_path
 
 QUICK = {"dataset": "digits", "n_per_phase": 200,
@@ -24,17 +24,34 @@ QUICK = {"dataset": "digits", "n_per_phase": 200,
 FULL = {"dataset": "mnist", "n_per_phase": 1000, "shifts": DEFAULT_SHIFTS}
 
 
-def run_all(stream: Stream, models: TrainedModels, settings: RunSettings | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, AdaptRun]:
-    """Every method of `METHODS` on `stream`; "random" runs after CEMA, at CEMA's measured upload fraction."""
+def run_methods(methods: Sequence[str], run_one: Callable[[str, float | None], AdaptRun],
+                cema_rate: Callable[[], float] | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, AdaptRun]:
+    """`run_one(method, random_p)` for each of `methods`, in order except that "random" runs after CEMA, at
+    CEMA's measured upload fraction; asked for without CEMA, it takes `cema_rate()` (default: a CEMA run_one)."""
     say = progress or (lambda _: None)
     runs: dict[str, AdaptRun] = {}
-    for method in ("none", "batch-norm", "cema", "upload-all", "random", "eata"):
-        say(f"running {method} over {len(stream)} samples")
-        p = runs["cema"].upload_fraction if method == "random" else None
-        runs[method] = run_stream(method, stream, models, settings, random_p=p)
-    assert set(runs) == set(METHODS)
+    for method in sorted(methods, key=lambda m: m == "random"):
+        p = None
+        if method == "random":
+            p = (runs["cema"].upload_fraction if "cema" in runs else
+                 cema_rate() if cema_rate is not None else run_one("cema", None).upload_fraction)
+        say(f"running {method}")
+        runs[method] = run_one(method, p)
     return runs
+
+
+def run_all(stream: Stream, models: TrainedModels, settings: RunSettings | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, AdaptRun]:
+    """Every method of `METHODS` on `stream`, in one process."""
+    return run_methods(METHODS, lambda m, p: run_stream(m, stream, models, settings, random_p=p),
+                       progress=progress)
+
+
+def benchmark_stream(quick: bool) -> tuple[str, list[Phase]]:
+    """The dataset and phases `compare_methods` runs on (quick: digits, small; full: MNIST)."""
+    mode = QUICK if quick else FULL
+    return mode["dataset"], default_phases(mode["n_per_phase"], mode["shifts"])
 
 
 def metrics(runs: Mapping[str, AdaptRun]) -> dict:
@@ -54,14 +71,14 @@ def compare_methods(quick: bool, progress: Callable[[str], None] | None = None, 
     """All five methods on one stream (quick: digits, small; full: MNIST). Returns {"metrics", "methods",
     "setup"}, JSON-ready; draws the accuracy-over-stream plot to `plot_path` if given."""
     start = time.perf_counter()
-    mode = QUICK if quick else FULL
+    dataset, phases = benchmark_stream(quick)
     say = progress or (lambda _: None)
-    models = trained_models(mode["dataset"], cache_dir if cache_dir is not None else DEFAULT_CACHE, seed, say)
-    stream = build_stream(models.data, default_phases(mode["n_per_phase"], mode["shifts"]), seed=seed)
+    models = trained_models(dataset, cache_dir if cache_dir is not None else DEFAULT_CACHE, seed, say)
+    stream = build_stream(models.data, phases, seed=seed)
     settings = settings or RunSettings(seed=seed)
     runs = run_all(stream, models, settings, say)
     if plot_path is not None:
-        draw_accuracy_over_stream(runs, plot_path, title=f"{mode['dataset']}: accuracy over the stream")
+        draw_accuracy_over_stream(runs, plot_path, title=f"{dataset}: accuracy over the stream")
     return {"metrics": metrics(runs),
             "methods": {name: run.summary() for name, run in runs.items()},
             "setup": {"mode": "quick" if quick else "full", "dataset": models.data.source, "stream": stream.source,

@@ -147,6 +147,7 @@ def run_cmd(
 
 def _run(methods, dataset, phases, batch, seed, cache, over_link, launcher, bandwidth_bps, outages,
          batch_interval, quiet):
+    from edgepool.adapt.compare import run_methods
     from edgepool.adapt.distributed import CLOUD_METHODS, run_over_link
     from edgepool.adapt.models import trained_models
     from edgepool.adapt.run import RunSettings, run_stream
@@ -159,35 +160,26 @@ def _run(methods, dataset, phases, batch, seed, cache, over_link, launcher, band
                             accepted=f"{', '.join(CLOUD_METHODS)} with --over-link (a cloud to talk to)")
     report = {"dataset": dataset, "phases": [p.label for p in phases], "methods": {}, "measured": "accuracy, "
               "bytes and times, on this machine"}
-    runs, cema_fraction = {}, None
-    order = sorted(methods, key=lambda m: m == "random")  # random uploads at CEMA's rate: after CEMA
+    settings = RunSettings(batch=batch, seed=seed)
     with StageBar(quiet) as bar:
         models = trained_models(dataset, cache_dir=cache, seed=seed, progress=bar)
         stream = build_stream(models.data, phases, seed=seed)
-        for m in order:
-            random_p = None
-            if m == "random":
-                random_p = cema_fraction if cema_fraction is not None else _cema_fraction(stream, models, batch, seed)
-            bar(f"{m}", 0, None)
-            if over_link:
-                result = run_over_link(m, phases, dataset=dataset, cache_dir=cache, seed=seed, batch=batch,
-                                       random_p=random_p, bandwidth_bps=bandwidth_bps, launcher=launcher,
-                                       outages=outages, batch_interval_s=batch_interval, progress=bar)
-                run, summary = result.run, {**result.summary(), "ran": result.where.get("launcher", "?")}
-            else:
-                run = run_stream(m, stream, models, RunSettings(batch=batch, seed=seed), random_p=random_p)
-                summary = run.summary()
-            if m == "cema":
-                cema_fraction = run.upload_fraction
-            runs[m] = run
-            report["methods"][m] = summary
+
+        def run_one(method: str, random_p: float | None):
+            if not over_link:
+                run = run_stream(method, stream, models, settings, random_p=random_p)
+                report["methods"][method] = run.summary()
+                return run
+            result = run_over_link(method, phases, dataset=dataset, cache_dir=cache, seed=seed, batch=batch,
+                                   random_p=random_p, bandwidth_bps=bandwidth_bps, launcher=launcher,
+                                   outages=outages, batch_interval_s=batch_interval, progress=bar)
+            report["methods"][method] = {**result.summary(), "ran": result.where.get("launcher", "?")}
+            return result.run
+
+        # random uploads at CEMA's rate; without CEMA in the list, that rate comes from an in-process CEMA run
+        runs = run_methods(methods, run_one, lambda: run_stream("cema", stream, models, settings).upload_fraction,
+                           progress=lambda stage: bar(stage, 0, None))
     return report, runs
-
-
-def _cema_fraction(stream, models, batch, seed) -> float:
-    from edgepool.adapt.run import RunSettings, run_stream
-
-    return run_stream("cema", stream, models, RunSettings(batch=batch, seed=seed)).upload_fraction
 
 
 @adapt_app.command("bench")
