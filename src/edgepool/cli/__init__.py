@@ -52,11 +52,11 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import (adapt, bench, core, demo, elastic, finetune, inference, pool, power, precision,  # noqa: E402
-               report, runtime, serving, split, training)
+from . import (adapt, bench, core, demo, elastic, federated, finetune, inference, pool, power,  # noqa: E402
+               precision, report, runtime, serving, split, training)
 
 for _area in (core, training, runtime, demo, report, elastic, inference, finetune, adapt, serving, power, pool,
-              split, precision, bench):
+              split, precision, federated, bench):
     _area.register(app)
 
 
