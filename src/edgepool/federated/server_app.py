@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
         return MetricRecord({"accuracy": value})
 
     started = time.time()
-    strategy.start(grid=grid, initial_arrays=to_record((strategy.state)), num_rounds=spec.rounds,
+    strategy.start(grid=grid, initial_arrays=to_record(strategy.state), num_rounds=spec.rounds,
                    timeout=spec.round_timeout_s, evaluate_fn=evaluate)
     rounds, train_s = [], 0.0
     for entry in strategy.rounds:

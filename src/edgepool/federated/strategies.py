@@ -90,7 +90,7 @@ class PoolFedAvg(FedAvg):
             node = self.spec.node(device)
             if not node.participates or node_id not in online:
                 continue
-            down = to_record((self.exchange.download(self.state, node)))
+            down = to_record(self.exchange.download(self.state, node))
             entry.bytes_down += down.count_bytes()
             node_config = ConfigRecord({"server-round": server_round,
                                         "proximal-mu": float(getattr(self, "proximal_mu", 0.0))})
@@ -121,7 +121,7 @@ class PoolFedAvg(FedAvg):
         entry.finished = time.time()
         self.log_event({"event": "round-finished", **self.round_record(entry)})
         metrics = MetricRecord({"replies": len(uploads), "examples": entry.examples})
-        return to_record((self.state)), metrics
+        return to_record(self.state), metrics
 
     def round_record(self, entry: RoundLog) -> dict:
         return {**asdict(entry), "seconds": round(entry.seconds, 3)}
