@@ -133,16 +133,16 @@ def draw_pareto(points: Sequence, path: str | Path, x_label: str = "x", y_label:
 
 
 def draw_series(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, x_label: str = "x",
-                y_label: str = "y", title: str | None = None, steps: bool = True) -> Path:
+                y_label: str = "y", title: str | None = None, steps: bool = True, marker: str | None = None) -> Path:
     """One line per label through its (x, y) points; with `steps` each value holds until the next x (a rate
-    per time bin, say)."""
+    per time bin, say); `marker` marks the points themselves (e.g. "o" for one per round)."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for label, points in series.items():
         xs, ys = [x for x, _ in points], [y for _, y in points]
         if steps:
             ax.step(xs, ys, where="post", label=label)
         else:
-            ax.plot(xs, ys, label=label)
+            ax.plot(xs, ys, label=label, marker=marker)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     if title:

@@ -24,31 +24,19 @@ def _spec(method: str, cluster, server: str, edge_servers: list[str], task: str,
           aggregator: str, seed: int, cpu_budget: float, max_cores: float):
     """The method's RunSpec over the cluster's devices (the server runs the SuperLink)."""
     from edgepool.federated import experiment, planning
-    from edgepool.federated.tasks import image_data
 
     if method in LORA_METHODS:
         setup = experiment.Setup(text_rounds=rounds, text_alpha=alpha, cpu_budget=cpu_budget,
                                  max_cores_per_device=max_cores)
         pool = planning.Pool.of(cluster, server, cpu_budget=cpu_budget, max_cores_per_device=max_cores)
-        labels, _, targets, costs = experiment.lora_inputs(setup, seed)
-        common = dict(alpha=alpha, rounds=rounds, seed=seed, n_train=setup.n_train, n_test=setup.n_test, task=task)
-        if method == "homogeneous-lora":
-            return planning.homogeneous_spec(pool, labels, costs["homogeneous"], rank=8, batch=16,
-                                             steps=setup.homogeneous_steps, **common)
-        row = costs["homogeneous"].row(8, 16, 32)
-        deadline = setup.homogeneous_steps * 16 * row.sec_per_sample / max(pool.cores[d] for d in pool.clients)
-        return planning.fedpipe_spec(pool, labels, costs["fedpipe"], targets, deadline_s=deadline,
-                                     aggregator=aggregator, **common)
-    labels = image_data(task, seed).train_y
-    common = dict(alpha=alpha, rounds=rounds, batch=32, steps=10, lr=3e-3, seed=seed, task=task)
+        return experiment.lora_spec(method, setup, pool, experiment.lora_inputs(setup, seed), aggregator=aggregator,
+                                    seed=seed, task=task)
+    if method == "flocoff" and not edge_servers:
+        raise SpecError(field="--edge-servers", value="", accepted="the devices that receive offloaded data, "
+                        "e.g. edge-0,edge-1,edge-2")
     devices = [d for d in cluster.devices if d != server and d not in edge_servers]
-    if method == "flocoff":
-        if not edge_servers:
-            raise SpecError(field="--edge-servers", value="", accepted="the devices that receive offloaded data, "
-                            "e.g. edge-0,edge-1,edge-2")
-        link = {d: cluster.link(d, edge_servers[0]).bandwidth * 8 for d in devices}
-        return planning.flocoff_spec(devices, edge_servers, labels, link, offload_deadline_s=0.25, **common)
-    return planning.raw_spec(method, devices, labels, proximal_mu=0.01 if method == "fedprox" else 0.0, **common)
+    return experiment.image_spec(method, cluster, devices, edge_servers, alpha=alpha, rounds=rounds, seed=seed,
+                                 task=task)
 
 
 @federated_app.command("run")

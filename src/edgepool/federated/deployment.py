@@ -23,6 +23,7 @@ from typing import Callable
 from edgepool.cluster import Cluster
 from edgepool.errors import SpecError
 from edgepool.federated.spec import RunSpec
+from edgepool.testbed.launcher import log_tail
 
 SUPERLINK_PORT = 9092
 RUNTIME_PORT = 9094  # each SuperNode's runtime API, inside its own namespace
@@ -57,13 +58,6 @@ def _wait_listening(launcher, host: str, port: int, timeout_s: float = 60.0) -> 
                 pass
         time.sleep(0.5)
     raise FederatedRunError(f"the SuperLink did not listen on {host}:{port} within {timeout_s:.0f} s")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def run_on_flower(spec: RunSpec, cluster: Cluster, server: str, work_dir: str | Path, *, launcher: str = "testbed",
@@ -171,10 +165,10 @@ def _follow(pool, progress_path: Path, report_path: Path, kill: KillPlan | None,
             killed = {"device": kill.device, "round": kill.round, "at": time.time()}
         if time.time() > deadline:
             raise FederatedRunError(f"no report after {timeout_s:.0f} s; SuperLink log:\n"
-                                    f"{_tail(logs / f'superlink-{superlink.device}.log')}")
+                                    f"{log_tail(logs / f'superlink-{superlink.device}.log', 20)}")
         if superlink.poll() is not None:
             raise FederatedRunError(f"the SuperLink exited ({superlink.poll()}):\n"
-                                    f"{_tail(logs / f'superlink-{superlink.device}.log')}")
+                                    f"{log_tail(logs / f'superlink-{superlink.device}.log', 20)}")
         time.sleep(0.5)
 
 

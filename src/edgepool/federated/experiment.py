@@ -82,20 +82,46 @@ def lora_inputs(setup: Setup, seed: int = 0):
     return np.asarray(data.train.labels), scores, targets, costs
 
 
+IMAGE_TRAINING = dict(batch=32, steps=10, lr=3e-3)  # the CNN's local round on every whole-model method
+
+
+def lora_spec(method: str, setup: Setup, pool: Pool, inputs, *, aggregator: str = "svd", seed: int = 0,
+              task: str = "tweets-minilm") -> RunSpec:
+    """Homogeneous LoRA (rank 8, batch 16, `setup.homogeneous_steps`) or FedPipe, whose round deadline is the
+    time the fastest device needs for that homogeneous work. `inputs`: what `lora_inputs` returned."""
+    labels, _, targets, costs = inputs
+    common = dict(alpha=setup.text_alpha, rounds=setup.text_rounds, seed=seed, n_train=setup.n_train,
+                  n_test=setup.n_test, task=task)
+    if method == "homogeneous-lora":
+        return homogeneous_spec(pool, labels, costs["homogeneous"], rank=8, batch=16,
+                                steps=setup.homogeneous_steps, **common)
+    row = costs["homogeneous"].row(8, 16, 32)
+    deadline = setup.homogeneous_steps * 16 * row.sec_per_sample / max(pool.cores[d] for d in pool.clients)
+    return fedpipe_spec(pool, labels, costs["fedpipe"], targets, deadline_s=deadline, aggregator=aggregator,
+                        **common)
+
+
+def image_spec(method: str, cluster, devices: list[str], edge_servers: list[str], *, alpha: float, rounds: int,
+               seed: int = 0, task: str = "mnist", **spec_fields) -> RunSpec:
+    """FedAvg or FedProx (mu 0.01) on the devices' own split, or FlocOff over `edge_servers`."""
+    from edgepool.federated.tasks import image_data
+
+    labels = image_data(task, seed).train_y
+    common = dict(alpha=alpha, rounds=rounds, seed=seed, task=task, **IMAGE_TRAINING, **spec_fields)
+    if method == "flocoff":
+        link_bps = {d: cluster.link(d, edge_servers[0]).bandwidth * 8 for d in devices}
+        return flocoff_spec(devices, edge_servers, labels, link_bps, offload_deadline_s=0.25, **common)
+    return raw_spec(method, devices, labels, proximal_mu=0.01 if method == "fedprox" else 0.0, **common)
+
+
 def compare_lora(setup: Setup, work: Path, launcher: str = "testbed", aggregator: str = "svd",
                  on_event: Callable[[str, dict], None] | None = None, seed: int = 0) -> dict:
     cluster = load_cluster(cluster_path("federated-lab"))
     pool = Pool.of(cluster, "server", cpu_budget=setup.cpu_budget, max_cores_per_device=setup.max_cores_per_device)
-    labels, scores, targets, costs = lora_inputs(setup, seed)
-    common = dict(alpha=setup.text_alpha, rounds=setup.text_rounds, seed=seed, n_train=setup.n_train,
-                  n_test=setup.n_test)
-    homogeneous = homogeneous_spec(pool, labels, costs["homogeneous"], rank=8, batch=16,
-                                   steps=setup.homogeneous_steps, **common)
-    fastest = max(pool.cores[d] for d in pool.clients)
-    row = costs["homogeneous"].row(8, 16, 32)
-    deadline = setup.homogeneous_steps * 16 * row.sec_per_sample / fastest  # the fastest device's homogeneous work
-    fedpipe = fedpipe_spec(pool, labels, costs["fedpipe"], targets, deadline_s=deadline, aggregator=aggregator,
-                           **common)
+    inputs = lora_inputs(setup, seed)
+    _, scores, targets, costs = inputs
+    homogeneous = lora_spec("homogeneous-lora", setup, pool, inputs, seed=seed)
+    fedpipe = lora_spec("fedpipe", setup, pool, inputs, aggregator=aggregator, seed=seed)
     reports = {}
     for name, spec in (("homogeneous-lora", homogeneous), ("fedpipe", fedpipe)):
         reports[name] = _run(spec, cluster, pool.server, work / name, launcher, setup, on_event, name)
@@ -110,7 +136,7 @@ def compare_lora(setup: Setup, work: Path, launcher: str = "testbed", aggregator
                "homogeneous_lora_devices_participating_fraction": participating["homogeneous-lora"]}
     return {"metrics": metrics, "target_accuracy": target, "time_to_target_s": {"fedpipe": t_pipe,
                                                                                "homogeneous-lora": t_homo},
-            "importance": [s.__dict__ for s in scores], "targets": targets, "deadline_s": deadline,
+            "importance": [s.__dict__ for s in scores], "targets": targets, "deadline_s": fedpipe.notes["deadline_s"],
             "pool": {"cores": pool.cores, "training_memory_bytes": pool.memory},
             "plans": {"fedpipe": fedpipe.notes["plan"], "homogeneous-lora": homogeneous.notes["plan"]},
             "costs": {k: c.to_dict() for k, c in costs.items()}, "reports": reports}
@@ -119,28 +145,18 @@ def compare_lora(setup: Setup, work: Path, launcher: str = "testbed", aggregator
 def compare_offloading(setup: Setup, work: Path, launcher: str = "testbed",
                        on_event: Callable[[str, dict], None] | None = None, seed: int = 0,
                        kill_round: int | None = 2) -> dict:
-    from edgepool.federated.tasks import image_data
-
     cluster = load_cluster(cluster_path("federated-offload"))
     devices = [n for n in cluster.devices if n.startswith("pi")]
     servers = [n for n in cluster.devices if n.startswith("edge")]
-    labels = image_data("mnist", seed).train_y
-    common = dict(rounds=setup.image_rounds, batch=32, steps=10, lr=3e-3, seed=seed, round_timeout_s=120.0)
-    link_bps = {d: cluster.link(d, servers[0]).bandwidth * 8 for d in devices}
-    testbed = dict(cpu_budget=setup.cpu_budget, max_cores_per_device=setup.max_cores_per_device)
     runs, specs = {}, {}
     for alpha in setup.alphas:
-        specs[alpha] = {
-            "fedavg": raw_spec("fedavg", devices, labels, alpha=alpha, **common),
-            "fedprox": raw_spec("fedprox", devices, labels, alpha=alpha, proximal_mu=0.01, **common),
-            "flocoff": flocoff_spec(devices, servers, labels, link_bps, alpha=alpha, offload_deadline_s=0.25,
-                                    **common)}
+        specs[alpha] = {m: image_spec(m, cluster, devices, servers, alpha=alpha, rounds=setup.image_rounds,
+                                      seed=seed, round_timeout_s=120.0) for m in ("fedavg", "fedprox", "flocoff")}
         for method, spec in specs[alpha].items():
             kill = (KillPlan(devices[-1], kill_round) if method == "fedprox" and kill_round
                     and alpha == setup.alphas[0] and kill_round <= spec.rounds else None)
             name = f"{method}-alpha-{alpha:g}"
-            runs[name] = _run(spec, cluster, "aggregator", work / name, launcher, setup, on_event, name, kill,
-                              **testbed)
+            runs[name] = _run(spec, cluster, "aggregator", work / name, launcher, setup, on_event, name, kill)
     first = setup.alphas[0]
     flocoff = specs[first]["flocoff"].notes
     killed_run = runs[f"fedprox-alpha-{first:g}"]
@@ -158,36 +174,23 @@ def compare_offloading(setup: Setup, work: Path, launcher: str = "testbed",
 
 
 def _run(spec: RunSpec, cluster, server: str, work: Path, launcher: str, setup: Setup,
-         on_event: Callable[[str, dict], None] | None, name: str, kill: KillPlan | None = None, **testbed) -> dict:
-    testbed = testbed or dict(cpu_budget=setup.cpu_budget, max_cores_per_device=setup.max_cores_per_device)
+         on_event: Callable[[str, dict], None] | None, name: str, kill: KillPlan | None = None) -> dict:
     return run_on_flower(spec, cluster, server, work, launcher=launcher, kill=kill, memory_scale=None,
-                         on_event=(lambda e: on_event(name, e)) if on_event else None, **testbed)
+                         cpu_budget=setup.cpu_budget, max_cores_per_device=setup.max_cores_per_device,
+                         on_event=(lambda e: on_event(name, e)) if on_event else None)
 
 
 def draw_curves(reports: dict[str, dict], path: Path, x: str, title: str) -> str:
     """Accuracy after every round against training time ("time") or bytes moved ("bytes")."""
-    import matplotlib
+    from edgepool.plotting import draw_series
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgepool.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    series = {}
     for name, report in reports.items():
-        xs, ys, moved = [0.0], [report.get("initial_accuracy") or 0.0], 0
+        points, moved = [(0.0, report.get("initial_accuracy") or 0.0)], 0
         for r in report["rounds"]:
             moved += r["bytes_down"] + r["bytes_up"]
-            xs.append(r["train_time_s"] if x == "time" else moved / 2**20)
-            ys.append(r.get("accuracy") or 0.0)
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xlabel("training wall time on the testbed, s (measured)" if x == "time" else "MiB sent and received")
-    ax.set_ylabel("test accuracy % (measured)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return str(path)
+            points.append((r["train_time_s"] if x == "time" else moved / 2**20, r.get("accuracy") or 0.0))
+        series[name] = points
+    x_label = "training wall time on the testbed, s (measured)" if x == "time" else "MiB sent and received"
+    return str(draw_series(series, path, x_label=x_label, y_label="test accuracy % (measured)", title=title,
+                           steps=False, marker="o"))

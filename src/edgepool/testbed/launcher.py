@@ -104,7 +104,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: Path | None, lines: int = 15) -> str:
+def log_tail(path: Path | None, lines: int = 15) -> str:
+    """The last lines of a worker's log ('' when there is none)."""
     if path is None or not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -225,7 +226,7 @@ class ProcessLauncher:
                 # when several have failed, the likely cause first: an explained death, a signal, the lowest rank
                 reason, failed = min(failures, key=lambda f: (not f[0], f[1].poll() > 0, f[1].rank))
                 self.stop_workers()
-                raise WorkerFailed(failed.device, failed.rank, failed.poll(), reason, _tail(failed.log_path),
+                raise WorkerFailed(failed.device, failed.rank, failed.poll(), reason, log_tail(failed.log_path),
                                    failed.log_path)
             if all(c == 0 for c in codes.values()):
                 return codes
