@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -69,10 +71,20 @@ def test_bad_precision_and_optimizer_are_named():
         CostModel(optimizer="lion")
 
 
+def _fastest_of(profiles):
+    """Each layer's best time over several profiles of the same model and batch."""
+    best = copy.deepcopy(profiles[0])
+    for i, layer in enumerate(best.layers):
+        layer.fwd_time_s = min(p.layers[i].fwd_time_s for p in profiles)
+        layer.bwd_time_s = min(p.layers[i].bwd_time_s for p in profiles)
+    return best
+
+
 def test_calibrated_roofline_predicts_measured_times_here():
     """Calibrate on one batch size of a measured model, predict another batch size on this machine.
 
-    One torch thread, best-of-5 layer times: on a 2-core host other processes otherwise dominate the noise.
+    One torch thread, best-of-5 layer times, and the two batch sizes profiled in alternation three times
+    (each layer's best kept): on a 2-core host a burst of other work otherwise lands on one batch size only.
     """
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -80,10 +92,12 @@ def test_calibrated_roofline_predicts_measured_times_here():
     try:
         local = measure_local_device().model_copy(update={"name": "local-1-thread"})
         bundle = build_model("resnet18", num_classes=10, image_size=64)
-        small = profile_model(bundle, batch=8, measure=True, repeats=5)
-        large = profile_model(bundle, batch=16, measure=True, repeats=5)
+        rounds = [(profile_model(bundle, batch=8, measure=True, repeats=5),
+                   profile_model(bundle, batch=16, measure=True, repeats=5)) for _ in range(3)]
     finally:
         torch.set_num_threads(threads)
+    small = _fastest_of([s for s, _ in rounds])
+    large = _fastest_of([l for _, l in rounds])
     cost = CostModel().calibrate(small, local)
     assert 0 < cost.efficiency_of(local) <= 1
     measured = sum(l.fwd_time_s + l.bwd_time_s for l in large.layers)
