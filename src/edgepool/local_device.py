@@ -1,6 +1,7 @@
 """Measure this machine as a `Device` (the `local` entry of a cluster spec)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -12,7 +13,20 @@ import torch
 from edgepool.device import Device
 
 
-def _best_time(fn, repeats: int = 5) -> float:
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch threads (then restore): timings comparable with one-thread workers, and
+    small models that run faster on one thread than on several fighting over a shared machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def best_time(fn, repeats: int = 5) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up call."""
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -25,14 +39,14 @@ def _best_time(fn, repeats: int = 5) -> float:
 def measure_matmul_flops(size: int = 1024, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a square matmul with the current torch thread count: the attainable compute peak."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / _best_time(lambda: torch.mm(a, b))
+    return 2 * size**3 / best_time(lambda: torch.mm(a, b))
 
 
 def measure_memory_bandwidth(nbytes: int = 128 * 2**20) -> float:
     """Bytes/s of a large tensor copy (read + write)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
-    return 2 * nbytes / _best_time(lambda: dst.copy_(src))
+    return 2 * nbytes / best_time(lambda: dst.copy_(src))
 
 
 @lru_cache(maxsize=1)

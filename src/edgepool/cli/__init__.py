@@ -52,11 +52,11 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import (adapt, bench, core, demo, elastic, federated, finetune, inference, pool, power,  # noqa: E402
+from . import (adapt, bench, core, demo, elastic, federated, finetune, graph, inference, pool, power,  # noqa: E402
                precision, report, runtime, serving, split, training)
 
 for _area in (core, training, runtime, demo, report, elastic, inference, finetune, adapt, serving, power, pool,
-              split, precision, federated, bench):
+              split, precision, federated, graph, bench):
     _area.register(app)
 
 

@@ -12,7 +12,6 @@ rewards add up to minus the cost model's time of the placement over the all-CPU 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Callable
@@ -20,6 +19,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from edgepool.local_device import torch_threads
 from edgepool.precision.placement import CPU, Placement, Target
 from edgepool.precision.policy import PlacementPolicy
 from edgepool.precision.policies import viterbi
@@ -156,19 +156,6 @@ class PlacementEnv(gym.Env):
     @property
     def placement(self) -> Targets:
         return tuple(self.chosen)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Small MLPs train faster on one thread than on several fighting over a shared machine's cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train_rl(problem: PlacementProblem, timesteps: int = 10_000, seed: int = 0,

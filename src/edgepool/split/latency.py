@@ -146,16 +146,6 @@ def two_device_cluster(bandwidth_bps: float, device_cores: float, server_cores: 
     return Cluster.uniform(devices, bandwidth=bandwidth_bps / 8, name=f"split-{bandwidth_bps:g}bps")
 
 
-def pace_per_packet(tb) -> None:
-    """Make htb pace MTU-sized packets: without this the veths hand it GSO bursts of up to 64 KB that it
-    charges only after sending, so at 1 Mbit/s single images came out +-35% (527/805/1084 ms for 100 KB,
-    right on average); with one segment per packet each took 804 ms."""
-    from edgepool.testbed.system import run
-
-    for name in tb.devices:
-        run(["ip", "-n", tb.namespace(name), "link", "set", "dev", tb.ifname(name), "gso_max_segs", "1"])
-
-
 def _records(results: list[dict]) -> tuple[dict, dict]:
     device, server = results
     return {r["name"]: r for r in device["options"]}, {r["name"]: r for r in server["options"]}
@@ -176,6 +166,7 @@ def measure_latency(factory: str, factory_kwargs: dict, options: list[SplitOptio
     host cannot run the testbed (not root, no tc, no cgroup v1): the caller decides on a fallback. A failed
     run keeps its folder (the workers' logs; the WorkerFailed message names it)."""
     from edgepool.runtime.harness import WorkerJob, describe_launcher, run_workers
+    from edgepool.testbed.shaping import pace_per_packet
     from edgepool.testbed.system import require_testbed
     from edgepool.testbed.testbed import Testbed
 
