@@ -30,9 +30,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.cli.progress import StageBar
     from edgepool.cluster import example_cluster_path, load_cluster
     from edgepool.graph.experiment import InferSetup, infer_metrics, run_infer
-    from edgepool.graph.data import sensor_network
-    from edgepool.graph.layout import compare_layouts, draw_layout, plan_layout
-    from edgepool.graph.layout_cost import make_tier_network
+    from edgepool.graph.layout import compare_layouts
     from edgepool.testbed.system import TestbedUnavailable, require_testbed
 
     started = time.perf_counter()
@@ -48,14 +46,11 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         infer = run_infer(load_cluster(example_cluster_path(CLUSTER)), setup, progress=bar,
                           plot_path=out / "graph-fograph.png")
         bar("graph-cut layouts")
-        n = 2_000 if quick else 10_000
-        layouts = compare_layouts(n=n, small_graphs=3 if quick else 10, updates=5 if quick else 20)
-    graph = sensor_network(n, seed=0)
-    network = make_tier_network(max(n // 50, 1), 9, seed=0)
-    layout_plot = draw_layout(graph, network, plan_layout(graph, network), out / "graph-layout.png", layouts)
+        layouts = compare_layouts(n=2_000 if quick else 10_000, small_graphs=3 if quick else 10,
+                                  updates=5 if quick else 20, plot_path=out / "graph-layout.png")
     metrics = {**infer_metrics(infer), **layouts["metrics"]}
     result = {"benchmark": "graph", "quick": quick, "metrics": metrics, "fograph": infer, "layout": layouts,
-              "plots": {"fograph": infer["plot"], "layout": str(layout_plot)},
+              "plots": {"fograph": infer["plot"], "layout": layouts["plot"]},
               "measured": [f"Fograph, plain fog and cloud latency, throughput and bytes ({infer['kind']})",
                            "compression error and agreement (in process, same plan and codec as the run)",
                            "layout solve times (graph cuts, incremental, HiGHS)"],

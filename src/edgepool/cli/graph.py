@@ -107,7 +107,7 @@ def layout_cmd(
     from dataclasses import replace
 
     from edgepool.graph.data import sensor_network
-    from edgepool.graph.layout import METHODS, draw_layout, plan_layout
+    from edgepool.graph.layout import METHODS, VERTICES_PER_DEVICE, draw_layout, plan_layout
     from edgepool.graph.layout_cost import CELLULAR_ACCESS_PER_GB, TierPrices, make_tier_network
 
     try:
@@ -119,7 +119,7 @@ def layout_cmd(
             raise SpecError(field="--vertices", value=vertices, accepted="2 to 1,000,000")
         prices = TierPrices() if access == "local" else replace(TierPrices(), access_per_gb=CELLULAR_ACCESS_PER_GB)
         g = sensor_network(vertices, seed=seed)
-        network = make_tier_network(devices or max(vertices // 50, 1), edge_servers, seed=seed)
+        network = make_tier_network(devices or max(vertices // VERTICES_PER_DEVICE, 1), edge_servers, seed=seed)
         layout = plan_layout(g, network, prices, method=method, seed=seed)
     except SpecError as exc:
         _fail(exc)

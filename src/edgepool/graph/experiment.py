@@ -16,9 +16,10 @@ import numpy as np
 
 from edgepool.graph.compression import MODES, Codec, compression_ratio
 from edgepool.graph.data import load_graph
-from edgepool.graph.fog import fog_plans, fog_setup, measure_costs, run_fog
+from edgepool.graph.fog import fog_plans, fog_setup, measure_costs, run_fog, with_codec
 from edgepool.graph.halo import partitioned_forward
 from edgepool.graph.models import train_gnn
+from edgepool.graph.partition import plan_fograph
 
 
 @dataclass
@@ -66,18 +67,19 @@ def run_infer(cluster, setup: InferSetup, progress: Callable[[str], None] | None
     fog = fog_setup(cluster, fog_cores=setup.fog_cores, cloud_cores=setup.cloud_cores)
     degrees = task.degrees()
     # Fograph's planner weighs each codec's bytes against its coding work; both plans run, its pick is "fograph"
-    codecs = [Codec()] + ([Codec.for_graph(setup.compression, degrees)] if setup.compression != "none" else [])
-    planned, baselines = {}, None
-    for codec in codecs:
-        costs = measure_costs(task, trained, fog, codec)
-        plans = fog_plans(task, fog, costs, seed=setup.seed)
-        planned[codec.mode] = (plans["fograph"], codec, costs)
-        baselines = baselines or plans
+    plain = measure_costs(task, trained, fog)
+    plans = fog_plans(task, fog, plain, seed=setup.seed)
+    planned = {"none": (plans["fograph"], Codec(), plain)}
+    if setup.compression != "none":
+        codec = Codec.for_graph(setup.compression, degrees)
+        costs = with_codec(plain, task, codec)
+        planned[codec.mode] = (plan_fograph(task.edge_index, plans["fograph"].home, fog.nodes,
+                                            plans["fograph"].speeds, costs, seed=setup.seed), codec, costs)
     choice = min(planned, key=lambda m: planned[m][0].estimate_s)
     runs = [(f"fograph-{mode}", plan, codec) for mode, (plan, codec, _) in planned.items()]
-    runs += [("even-fog", baselines["even-fog"], Codec()), ("cloud", baselines["cloud"], Codec())]
+    runs += [("even-fog", plans["even-fog"], Codec()), ("cloud", plans["cloud"], Codec())]
     say("compression error in process")
-    errors = compression_errors(task, trained, planned[codecs[-1].mode][0], degrees)
+    errors = compression_errors(task, trained, planned[setup.compression][0], degrees)
     say(f"running {len(runs)} plans on {len(fog.nodes)} node processes ({setup.launcher})")
     measured = run_fog(task, trained, fog, runs, latency_frames=setup.latency_frames,
                        throughput_frames=setup.throughput_frames, warmup=setup.warmup, launcher=setup.launcher,

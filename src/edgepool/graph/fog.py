@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,18 +91,27 @@ def fog_setup(cluster: Cluster, cloud: str = "cloud", fog_cores: float = 1.0, cl
 
 def measure_costs(task, trained, setup: FogSetup, codec: Codec | None = None, repeats: int = 3) -> FogCosts:
     """The planner's inputs, measured on one host core (one thread, best of `repeats`): the model's compute
-    seconds per vertex (whole-graph inferences), the wire bytes of one vertex's raw features under `codec` and
-    the seconds to encode and decode them; and the slowest LAN link between fog nodes."""
-    codec = codec or Codec()
-    degrees = task.degrees()
+    seconds per vertex (whole-graph inferences) and the slowest LAN link between fog nodes; with `codec`, its
+    wire bytes and coding seconds too (`with_codec`)."""
     with torch_threads(1):
         compute = best_time(lambda: trained.predict(task.x), repeats)
-        coding = 0.0 if codec.mode == "none" else best_time(
-            lambda: codec.decode(codec.encode(task.x, degrees), degrees, task.x.shape[1]), repeats)
     fog = setup.fog
     lan = min((setup.cluster.link(a, b).bandwidth for a in fog for b in fog if a < b), default=float("inf"))
-    wire = codec.payload_bytes(degrees, task.x.shape[1]) / task.num_nodes
-    return FogCosts(compute / task.num_nodes, wire, lan, coding / task.num_nodes)
+    plain = FogCosts(compute / task.num_nodes, float(task.x.shape[1] * 4), lan)
+    return plain if codec is None else with_codec(plain, task, codec, repeats)
+
+
+def with_codec(costs: FogCosts, task, codec: Codec, repeats: int = 3) -> FogCosts:
+    """`costs` with one vertex's raw features as `codec` sends them: its wire bytes, and the seconds to encode
+    and decode them on one host core (one thread, best of `repeats`); the compute and the LAN stay."""
+    degrees = task.degrees()
+    coding = 0.0
+    if codec.mode != "none":
+        with torch_threads(1):
+            coding = best_time(lambda: codec.decode(codec.encode(task.x, degrees), degrees, task.x.shape[1]),
+                               repeats)
+    return replace(costs, bytes_per_vertex=codec.payload_bytes(degrees, task.x.shape[1]) / task.num_nodes,
+                   coding_seconds_per_vertex=coding / task.num_nodes)
 
 
 def fog_plans(task, setup: FogSetup, costs: FogCosts, seed: int = 0) -> dict[str, FogPlan]:

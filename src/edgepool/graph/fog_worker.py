@@ -45,10 +45,17 @@ class Exchange:
         return received
 
 
-def run_frame(steps: FrameSteps, x: torch.Tensor, exchange: Exchange, frame: int, layers: int,
-              widths: list[int]) -> list[float]:
+def expected_sizes(steps: FrameSteps, widths: list[int]) -> list[dict[int, int]]:
+    """Bytes to receive from each peer in each exchange of a frame (raw rows, then halo rows before each later
+    layer): the same every frame, so computed once, off the timed path."""
+    return [steps.raw_recv_bytes(widths[0])] + [steps.halo_recv_bytes(w) for w in widths[1:]]
+
+
+def run_frame(steps: FrameSteps, x: torch.Tensor, exchange: Exchange, frame: int,
+              expect: list[dict[int, int]]) -> list[float]:
     """One inference on this node; returns the seconds of each phase: [raw exchange, take raw, layer 0, then
-    per later layer: halo exchange, take halo, layer]."""
+    per later layer: halo exchange, take halo, layer]. `expect`: `expected_sizes`, one entry per layer."""
+    layers = len(expect)
     base = frame * layers
     phases = []
 
@@ -58,11 +65,11 @@ def run_frame(steps: FrameSteps, x: torch.Tensor, exchange: Exchange, frame: int
         phases.append(time.perf_counter() - t0)
         return out
 
-    got = timed(lambda: exchange(steps.raw_payloads(x), steps.raw_recv_bytes(widths[0]), base))
+    got = timed(lambda: exchange(steps.raw_payloads(x), expect[0], base))
     timed(steps.take_raw, x, got)
     timed(steps.layer, 0)
     for i in range(1, layers):
-        got = timed(lambda: exchange(steps.halo_payloads(), steps.halo_recv_bytes(widths[i]), base + i))
+        got = timed(lambda: exchange(steps.halo_payloads(), expect[i], base + i))
         timed(steps.take_halo, got)
         timed(steps.layer, i)
     return phases
@@ -100,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name, steps, view in runs:
             exchange = Exchange()
+            expect = expected_sizes(steps, widths)
             frame = 0
             for _ in range(max(job["warmup"], 1)):  # frame 0's output is what the host checks
                 dist.barrier()
-                run_frame(steps, x, exchange, frame, model.num_layers, widths)
+                run_frame(steps, x, exchange, frame, expect)
                 frame += 1
             torch.save(steps.rows, job_path.parent / f"out-{name}-rank{rank}.pt")
             exchange.sent_bytes = 0
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(job["latency_frames"]):
                 dist.barrier()
                 t0 = time.perf_counter()
-                phases.append(run_frame(steps, x, exchange, frame, model.num_layers, widths))
+                phases.append(run_frame(steps, x, exchange, frame, expect))
                 dist.barrier()
                 latencies.append(time.perf_counter() - t0)
                 frame += 1
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(job["throughput_frames"]):
-                run_frame(steps, x, exchange, frame, model.num_layers, widths)
+                run_frame(steps, x, exchange, frame, expect)
                 frame += 1
             dist.barrier()
             stream_s = time.perf_counter() - t0

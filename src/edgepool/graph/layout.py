@@ -24,6 +24,7 @@ from edgepool.graph.layout_cost import (CELLULAR_ACCESS_PER_GB, TIERS, GNNShape,
                                         approximation_factor, build_problem, layout_cost, make_tier_network)
 
 METHODS = ("graphcut", "all-cloud", "nearest-tier", "metis", "random", "greedy", "exact")
+VERTICES_PER_DEVICE = 50  # default number of end devices: one per this many vertices
 KIND = "modelled cost (US$ per inference, from the layout cost model; times measured)"
 
 
@@ -132,10 +133,12 @@ def _reduction(base: float, ours: float) -> float:
 def compare_layouts(n: int = 10_000, n_devices: int | None = None, n_edge: int = 9, seed: int = 0,
                     avg_degree: float = SENSOR_DEGREE, small_graphs: int = 10, small_n: int = 28, updates: int = 20,
                     churn: float = 0.01, hops: int = 1, prices: TierPrices | None = None,
-                    shape: GNNShape | None = None, time_limit_s: float = 60.0) -> dict:
+                    shape: GNNShape | None = None, time_limit_s: float = 60.0,
+                    plot_path: str | Path | None = None) -> dict:
     """Graph cuts vs every baseline on a seeded `n`-vertex sensor graph; the gap to the exact optimum on
     `small_graphs` graphs of `small_n` vertices; incremental update vs recompute over `updates` changes that
-    together insert/delete `churn` x n vertices and `churn` x m edges (half insertions, half deletions)."""
+    together insert/delete `churn` x n vertices and `churn` x m edges (half insertions, half deletions). With
+    `plot_path`, `draw_layout`'s picture of the graph-cut layout and every method's cost there ("plot")."""
     if small_n > EXACT_MAX_VERTICES:
         raise SpecError("small_n", small_n, f"at most {EXACT_MAX_VERTICES} (the exact program's size cap)")
     if not 0 < churn <= 0.5:
@@ -144,7 +147,7 @@ def compare_layouts(n: int = 10_000, n_devices: int | None = None, n_edge: int =
         raise SpecError("updates", updates, "an integer >= 1")
     prices, shape = prices or TierPrices(), shape or GNNShape()
     wall = time.perf_counter()
-    n_devices = n_devices or max(1, n // 50)
+    n_devices = n_devices or max(1, n // VERTICES_PER_DEVICE)
     graph = sensor_network(n, seed, avg_degree)
     network = make_tier_network(n_devices, n_edge, seed)
     t = time.perf_counter()
@@ -195,8 +198,8 @@ def compare_layouts(n: int = 10_000, n_devices: int | None = None, n_edge: int =
     inc_gaps = [s["gap"] for s in steps]
 
     # the same graph with the devices on retail mobile data (the other scenario)
-    local = TierPrices(**{**asdict(prices), "access_per_gb": CELLULAR_ACCESS_PER_GB})
-    lp = build_problem(graph, network, local, shape)
+    cellular = TierPrices(**{**asdict(prices), "access_per_gb": CELLULAR_ACCESS_PER_GB})
+    lp = build_problem(graph, network, cellular, shape)
     what_if = {m: solve(lp, m, seed).cost["total"] for m in ("graphcut", "all-cloud", "nearest-tier", "metis",
                                                               "random")}
     metrics.update({
@@ -209,7 +212,7 @@ def compare_layouts(n: int = 10_000, n_devices: int | None = None, n_edge: int =
         "incremental_speedup_incl_problem_build": (rec_s + builds) / (inc_s + builds),
         "layout_cost_reduction_vs_all_cloud_cellular": _reduction(what_if["all-cloud"], what_if["graphcut"]),
     })
-    return {
+    result = {
         "kind": KIND,
         "metrics": metrics,
         "metric_notes": {
@@ -236,12 +239,14 @@ def compare_layouts(n: int = 10_000, n_devices: int | None = None, n_edge: int =
                         "edges_per_update": per_e, "incremental_s": inc_s, "recompute_s": rec_s,
                         "problem_build_s": builds, "steps": steps},
         "cellular_access": {"access_per_gb": CELLULAR_ACCESS_PER_GB, "totals": what_if,
-                                 "reduction_vs_all_cloud": _reduction(what_if["all-cloud"], what_if["graphcut"]),
-                                 "reduction_vs_nearest_tier": _reduction(what_if["nearest-tier"],
-                                                                         what_if["graphcut"])},
+                            "reduction_vs_all_cloud": _reduction(what_if["all-cloud"], what_if["graphcut"]),
+                            "reduction_vs_nearest_tier": _reduction(what_if["nearest-tier"], what_if["graphcut"])},
         "problem_build_s": build_s,
         "wall_s": time.perf_counter() - wall,
     }
+    if plot_path is not None:
+        result["plot"] = str(draw_layout(graph, network, layouts["graphcut"], plot_path, result))
+    return result
 
 
 def draw_layout(graph: nx.Graph, network: TierNetwork, layout: Layout, path: str | Path,

@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pymetis
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from edgepool.errors import SpecError
 from edgepool.graph.layout_cost import LayoutProblem
+from edgepool.graph.partition import metis_csr
 
 EXACT_MAX_VERTICES = 60  # HiGHS solves 30-vertex instances in well under a second; 60 keeps a test run short
 EXACT_MAX_VARIABLES = 400_000  # n x K binaries + m x K^2 pair variables (K = edge servers + 2)
@@ -48,9 +48,7 @@ def metis_layout(problem: LayoutProblem, seed: int = 0) -> np.ndarray:
     E, D = p.network.n_edge, p.network.n_devices
     if E == 1 or p.n <= E or len(p.edges) == 0:
         return nearest_tier(p)
-    opts = pymetis.Options(seed=int(seed))
-    _, parts = pymetis.part_graph(E, pymetis.CSRAdjacency(p.indptr, p.nbr), options=opts)
-    parts = np.asarray(parts, dtype=np.int64)
+    parts = metis_csr(p.indptr, p.nbr, E, int(seed))
     home_edge = p.home_edge - D
     votes = np.zeros((E, E), dtype=np.int64)  # part x edge server
     np.add.at(votes, (parts, home_edge), 1)

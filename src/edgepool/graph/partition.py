@@ -90,13 +90,16 @@ def _adjacency(edge_index, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def metis_parts(edge_index, n: int, parts: int, seed: int = 0) -> np.ndarray:
     """[n] METIS part of each vertex (k-way, balanced vertex counts)."""
-    import pymetis
-
     if parts <= 1:
         return np.zeros(n, dtype=np.int64)
-    xadj, adjncy = _adjacency(edge_index, n)
-    options = pymetis.Options(seed=seed)
-    _, membership = pymetis.part_graph(parts, pymetis.CSRAdjacency(xadj, adjncy), options=options)
+    return metis_csr(*_adjacency(edge_index, n), parts, seed)
+
+
+def metis_csr(xadj: np.ndarray, adjncy: np.ndarray, parts: int, seed: int = 0) -> np.ndarray:
+    """METIS (`pymetis`, k-way, balanced vertex counts) on a graph given as CSR, both directions, no self-loops."""
+    import pymetis
+
+    _, membership = pymetis.part_graph(parts, pymetis.CSRAdjacency(xadj, adjncy), options=pymetis.Options(seed=seed))
     return np.asarray(membership, dtype=np.int64)
 
 
