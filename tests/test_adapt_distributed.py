@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgepool.adapt.distributed import run_over_link
 from edgepool.adapt.models import trained_models
 from edgepool.adapt.run import run_stream
 from edgepool.adapt.stream import Phase, build_stream
 from edgepool.errors import SpecError
+from edgepool.local_device import torch_threads
 from edgepool.testbed.system import unavailable_reason
 
 PHASES = [Phase("gaussian_noise", 5, 320), Phase("contrast", 5, 320)]  # 10 batches of 64
@@ -33,12 +33,8 @@ def test_only_methods_with_a_cloud_run_over_a_link(tmp_path):
 def test_two_processes_give_the_in_process_results_sample_by_sample(cache):
     over = run_over_link("cema", PHASES, dataset="digits", cache_dir=cache, launcher="local")
     models = trained_models("digits", cache_dir=cache)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the workers: the same float sums, so the same entropies and choices
-    try:
+    with torch_threads(1):  # as in the workers: the same float sums, so the same entropies and choices
         alone = run_stream("cema", build_stream(models.data, PHASES), models)
-    finally:
-        torch.set_num_threads(threads)
     assert np.array_equal(over.run.correct, alone.correct)
     assert np.array_equal(over.run.uploaded, alone.uploaded)
     link = over.edge["link"]

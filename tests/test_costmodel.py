@@ -6,7 +6,7 @@ import torch
 from edgepool.catalog import get_device
 from edgepool.cluster import Link
 from edgepool.costmodel import CostModel
-from edgepool.local_device import measure_local_device
+from edgepool.local_device import measure_local_device, torch_threads
 from edgepool.models import build_model
 from edgepool.profile import profile_model
 
@@ -87,15 +87,11 @@ def test_calibrated_roofline_predicts_measured_times_here():
     (each layer's best kept): on a 2-core host a burst of other work otherwise lands on one batch size only.
     """
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         local = measure_local_device().model_copy(update={"name": "local-1-thread"})
         bundle = build_model("resnet18", num_classes=10, image_size=64)
         rounds = [(profile_model(bundle, batch=8, measure=True, repeats=5),
                    profile_model(bundle, batch=16, measure=True, repeats=5)) for _ in range(3)]
-    finally:
-        torch.set_num_threads(threads)
     small = _fastest_of([s for s, _ in rounds])
     large = _fastest_of([l for _, l in rounds])
     cost = CostModel().calibrate(small, local)

@@ -37,6 +37,7 @@ from edgepool.errors import SpecError
 from edgepool.federated.importance import encoder_linears, lora_model
 from edgepool.finetune.backbone import Backbone
 from edgepool.finetune.methods import SavedTensorMeter
+from edgepool.local_device import torch_threads
 
 RANKS = (2, 4, 8, 16)
 BATCHES = (4, 8, 16, 32)
@@ -122,12 +123,10 @@ def measure_lora_cost(backbone: Backbone, head: nn.Module, target_modules: list[
     if seq_len < 1 or steps < 1:
         raise SpecError(field="seq_len/steps", value=(seq_len, steps), accepted="integers >= 1")
     factor = bits_time_factor or {b: 1.0 for b in bits}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(seed)
     vocab = backbone.model.config.vocab_size
     rows = []
-    try:
+    with torch_threads(1):
         for rank in ranks:
             model = lora_model(backbone.model, target_modules, rank, seed)
             model.train(False)
@@ -160,8 +159,6 @@ def measure_lora_cost(backbone: Backbone, head: nn.Module, target_modules: list[
                 for b in bits:
                     rows.append(CostRow(rank, batch, b, weights_bytes(backbone.model, b), train_bytes, meter.peak,
                                         min(times) / batch * factor[b]))
-    finally:
-        torch.set_num_threads(threads)
     notes = (f"measured at seq_len {seq_len}, 1 thread, {torch.__version__}; 8/4-bit: computed weight bytes, "
              f"fp32 activations, time x {factor}")
     return LoraCost(backbone.name, list(target_modules), seq_len, rows, notes)

@@ -160,6 +160,8 @@ def measure_host(model: Any, profile: LLMProfile | None = None, *, tokens: tuple
     """
     import torch
 
+    from edgepool.local_device import torch_threads
+
     if isinstance(model, (str, Path)):
         from transformers import LlamaForCausalLM
 
@@ -167,9 +169,7 @@ def measure_host(model: Any, profile: LLMProfile | None = None, *, tokens: tuple
     model.eval()
     config = model.config
     profile = profile or LLMProfile.from_config(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         if host is None:
             from edgepool.testbed.testbed import host_core_device
 
@@ -188,8 +188,6 @@ def measure_host(model: Any, profile: LLMProfile | None = None, *, tokens: tuple
                                                      position_embeddings=rope), per_point))
                 head_t.append(_best(lambda: head(norm(x)), per_point))
                 layer_t.append(_best(_paged_decode(model, n), per_point))
-    finally:
-        torch.set_num_threads(threads)
     ns = list(tokens)
     return profile.model_copy(update={
         "host_layer_s": _fit(ns, layer_t), "host_prefill_layer_s": _fit(ns, prefill_t),

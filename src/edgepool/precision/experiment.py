@@ -19,6 +19,7 @@ import torch
 from edgepool.catalog import get_device
 from edgepool.device import Device
 from edgepool.errors import SpecError
+from edgepool.local_device import torch_threads
 from edgepool.models.zoo import ModelBundle
 from edgepool.precision.cost import CostTable, UnitCost, unit_costs
 from edgepool.precision.emulate import Evaluator, PrecisionEmulator
@@ -98,12 +99,8 @@ def profile_units(task: PrecisionTask, batch: int = PROFILE_BATCH) -> tuple[list
     # a copy: profiling runs in training mode, where batch norm would update the model's running statistics
     bundle = ModelBundle(name=task.name, kind="custom", blocks=copy.deepcopy(task.units), input_kind="tensor",
                          custom_input=lambda b: sample.x[:b])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core, as a device's CPU side is timed one input stream at a time
-    try:
+    with torch_threads(1):  # one core, as a device's CPU side is timed one input stream at a time
         profile = profile_model(bundle, batch=len(sample), measure=True, repeats=3)
-    finally:
-        torch.set_num_threads(threads)
     where = f"{platform.node()} ({platform.machine()}, 1 torch thread, batch {len(sample)})"
     tables = [float(sum(m.weight.numel() * m.weight.element_size() for m in unit.modules()
                         if isinstance(m, torch.nn.Embedding))) for unit in task.units]

@@ -22,11 +22,10 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import torch
-
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.device import Device
+from edgepool.local_device import torch_threads
 from edgepool.profile import ModelProfile, profile_model
 from edgepool.testbed.testbed import Emulation, host_core_device
 
@@ -63,15 +62,11 @@ def calibrate_host(bundle, batch: int, seq: int | None = None, repeats: int = 3,
     model's layers on it."""
     from edgepool.runtime.probes.comm import measure_message_cpu_s
 
-    threads = torch.get_num_threads()
-    try:
-        with ahead_of_other_jobs():
-            host = host_core_device("host-1-thread")
-            torch.set_num_threads(1)
+    with ahead_of_other_jobs():
+        host = host_core_device("host-1-thread")
+        with torch_threads(1):
             small = _fastest_profile(bundle, 1, seq, repeats)
             profile = _fastest_profile(bundle, max(batch, 2), seq, repeats)
-    finally:
-        torch.set_num_threads(threads)
     message_cpu_s = measure_message_cpu_s(max(l.output_bytes for l in profile.layers) // profile.batch)
     fitted = CostModel(optimizer=optimizer).calibrate([small, profile], host)
     return HostCalibration(host.peak("fp32"), host.memory_bandwidth, fitted.efficiency[host.name],

@@ -10,25 +10,21 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
 
+from edgepool.local_device import torch_threads
 from edgepool.split.data import ImageSet
 from edgepool.split.options import OptionMeasure
 from edgepool.split.pipeline import Pipeline
 
 
 def _per_image_seconds(fn, items, repeats: int = 1) -> float:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         fn(items[0])  # warm-up
         start = time.perf_counter()
         for _ in range(repeats):
             for item in items:
                 fn(item)
         return (time.perf_counter() - start) / (repeats * len(items))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure_option(pipe: Pipeline, test: ImageSet, timing_images: int = 6, batch: int = 48) -> OptionMeasure:

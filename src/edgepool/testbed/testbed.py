@@ -74,17 +74,12 @@ def device_limits(cluster: Cluster, names: Sequence[str], cpu_budget: float | No
 def host_core_device(name: str = "host-core") -> Device:
     """One core of this host as a `Device`, measured with one torch thread (matmul FLOP/s, copy bandwidth):
     what a testbed worker runs on, and what every emulated device is a fraction of."""
-    import torch
+    from edgepool.local_device import (measure_local_device, measure_matmul_flops, measure_memory_bandwidth,
+                                       torch_threads)
 
-    from edgepool.local_device import measure_local_device, measure_matmul_flops, measure_memory_bandwidth
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         fp32 = measure_matmul_flops(512)
         bandwidth = measure_memory_bandwidth(32 * 2**20)
-    finally:
-        torch.set_num_threads(threads)
     host = measure_local_device()
     return host.model_copy(update={"name": name, "peak_flops": {"fp32": fp32}, "cpu_cores": 1,
                                    "memory_bandwidth": bandwidth, "description": f"one core of {host.description}",

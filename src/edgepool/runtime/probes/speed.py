@@ -18,8 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
+from edgepool.local_device import torch_threads
 from edgepool.runtime.harness import WorkerJob, run_workers
 
 WORKER = "edgepool.runtime.probes.speed_worker"
@@ -70,13 +69,11 @@ class _FreeCoreWhenReady:
         from edgepool.runtime.data import build_bundle
         from edgepool.runtime.emulation import ahead_of_other_jobs
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         try:
-            bundle = build_bundle(self.model)
-            with ahead_of_other_jobs():
-                seconds_per_pass(bundle, self.batch, self.seq, 2)  # warm-up
-                self.seconds = min(seconds_per_pass(bundle, self.batch, self.seq, 3) for _ in range(3))
+            with torch_threads(1):
+                bundle = build_bundle(self.model)
+                with ahead_of_other_jobs():
+                    seconds_per_pass(bundle, self.batch, self.seq, 2)  # warm-up
+                    self.seconds = min(seconds_per_pass(bundle, self.batch, self.seq, 3) for _ in range(3))
         finally:
-            torch.set_num_threads(threads)
             (self.sync / "go").touch()
