@@ -15,14 +15,11 @@ gradients and optimizer state), step times.
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from edgepool.benchmarking import metric_lines, output_folder, save_result
+from edgepool.benchmarking import metric_lines, output_folder, run_facts, save_result
 
 LINK_BPS = 10e6  # the edge-cloud link of part 3
 OUTAGE = (20, 35)  # batches of part 3's stream with the link down
@@ -78,9 +75,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     result = {"benchmark": "adapt", "quick": quick, "metrics": {**sparse["metrics"], **cema["metrics"]},
               "sparse": sparse, "cema": cema, "cema_over_link": over_link, "plots": plots,
               "measured": ["every figure, in this run, on this machine"],
-              "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})",
-              "seconds": round(time.perf_counter() - started, 1),
-              "command": "edgepool bench adapt" + (" --quick" if quick else "") + " --json"}
+              **run_facts("adapt", quick, started)}
     save_result(result, out)
     return result
 

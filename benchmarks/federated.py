@@ -12,13 +12,9 @@ Measured in this run: accuracies, round wall times, bytes, the cost table and th
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 
-import torch
-
-from edgepool.benchmarking import metric_lines, output_folder, save_result
+from edgepool.benchmarking import metric_lines, output_folder, run_facts, save_result
 
 
 def run(quick: bool = False, progress: bool = True) -> dict:
@@ -46,9 +42,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
               "measured": ["accuracies, round wall times and bytes of real Flower runs on the testbed",
                            "the LoRA cost table and the importance ranking"],
               "modelled": ["FlocOff's offloading transfers and radio energy (MKL-CO, MCC-RA)"],
-              "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})",
-              "seconds": round(time.perf_counter() - started, 1),
-              "command": "edgepool bench federated" + (" --quick" if quick else "") + " --json"}
+              **run_facts("federated", quick, started)}
     save_result(result, out)
     return result
 

@@ -15,13 +15,9 @@ Without root (no testbed) part 1 runs on plain local processes and says so in `w
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 
-import torch
-
-from edgepool.benchmarking import metric_lines, output_folder, save_result
+from edgepool.benchmarking import metric_lines, output_folder, run_facts, save_result
 
 CLUSTER = "fog-graph"
 
@@ -56,9 +52,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                            "layout solve times (graph cuts, incremental, HiGHS)"],
               "modelled": ["layout costs: US$ per inference from the layout cost model's public prices"],
               "testbed_fallback": fallback,
-              "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})",
-              "seconds": round(time.perf_counter() - started, 1),
-              "command": "edgepool bench graph" + (" --quick" if quick else "") + " --json"}
+              **run_facts("graph", quick, started)}
     save_result(result, out)
     return result
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +29,16 @@ def save_result(result: dict, folder: Path) -> Path:
     path = folder / f"{result['benchmark']}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     return path
+
+
+def run_facts(name: str, quick: bool, started: float) -> dict:
+    """Where and how a benchmark ran, for its result: the machine, the wall seconds since `started`
+    (`time.perf_counter()`), the command that reruns it."""
+    import torch
+
+    return {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})",
+            "seconds": round(time.perf_counter() - started, 1),
+            "command": f"edgepool bench {name}" + (" --quick" if quick else "") + " --json"}
 
 
 def metric_lines(metrics: dict, width: int) -> list[str]:
