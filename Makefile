@@ -38,7 +38,7 @@ demo: $(STAMP)
 
 # EDGEPOOL_LOCK turns on tests/test_lock.py: every installed package must be the version the lock pins.
 test: $(STAMP)
-	EDGEPOOL_LOCK=$(LOCK) $(BIN)/python -m pytest -q
+	EDGEPOOL_LOCK=$(LOCK) $(BIN)/python -m pytest -q --durations=30
 
 test-fast: $(STAMP)
 	EDGEPOOL_LOCK=$(LOCK) $(BIN)/python -m pytest -q -m "not slow"

@@ -75,3 +75,29 @@ def test_series_and_a_given_pareto_front_are_written_like_the_other_outputs(tmp_
         os.umask(old)
     assert {stat.S_IMODE(os.stat(p).st_mode) for p in (series, front)} == {0o644}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["front.png", "throughput.png"]
+
+
+def test_pareto_front_matches_the_pairwise_definition():
+    """The sort-and-sweep front equals 'no other point is at least as good on both axes' on random points with
+    ties and repeats, for every direction of the two axes."""
+    import random
+
+    from edgepool.plotting import pareto_front
+
+    rng = random.Random(0)
+    for _ in range(500):
+        points = [(rng.randint(0, 4), rng.randint(0, 4)) for _ in range(rng.randint(0, 10))]
+        for minimize_x in (True, False):
+            for maximize_y in (True, False):
+                sx, sy = (1 if minimize_x else -1), (-1 if maximize_y else 1)
+                expected = [i for i, (x, y) in enumerate(points)
+                            if not any(sx * x2 <= sx * x and sy * y2 <= sy * y and (x2, y2) != (x, y)
+                                       for x2, y2 in points)]
+                assert pareto_front(points, minimize_x, maximize_y) == expected
+
+
+def test_cdf_draws_one_curve_per_label(tmp_path):
+    from edgepool.plotting import draw_cdf
+
+    path = draw_cdf({"a": [1.0, 2.0, 3.0], "b": [0.5]}, tmp_path / "cdf.png", "seconds", unit=" s")
+    assert path.is_file() and path.stat().st_size > 0

@@ -53,10 +53,10 @@ app = typer.Typer(
 
 # Each area registers its own commands; one file per area keeps them apart.
 from . import (adapt, bench, core, demo, elastic, federated, finetune, graph, inference, pool, power,  # noqa: E402
-               precision, report, runtime, serving, split, training)
+               precision, report, runtime, schedule, serving, split, training)
 
 for _area in (core, training, runtime, demo, report, elastic, inference, finetune, adapt, serving, power, pool,
-              split, precision, federated, graph, bench):
+              split, precision, federated, graph, schedule, bench):
     _area.register(app)
 
 

@@ -123,7 +123,7 @@ def infer_metrics(report: dict) -> dict:
 def draw_infer(report: dict, task_positions: np.ndarray | None, owner: np.ndarray | None, path: str | Path) -> Path:
     """Left: which fog node owns each vertex (Fograph's plan); right: latency per plan split into its phases
     (the slowest node's raw exchange, compute, halo exchanges)."""
-    from edgepool.plotting import _save, plt
+    from edgepool.plotting import save_figure, plt
 
     panels = 2 if task_positions is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8), squeeze=False, layout="constrained")
@@ -149,5 +149,5 @@ def draw_infer(report: dict, task_positions: np.ndarray | None, owner: np.ndarra
     bx.set_title(f"{report['graph']['vertices']} vertices, {report['model']['kind']} "
                  f"({report['where'].get('launcher', '')})", fontsize=9)
     bx.tick_params(axis="x", labelsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 

@@ -254,7 +254,7 @@ def draw_layout(graph: nx.Graph, network: TierNetwork, layout: Layout, path: str
     """Vertices coloured by tier (those on an edge server other than their own apart) with devices and edge servers
     marked; with `comparison` (a `compare_layouts` result) a bar chart of each method's modelled cost breakdown
     beside it."""
-    from edgepool.plotting import _save, plt
+    from edgepool.plotting import save_figure, plt
 
     colours = {"device": "#55A868", "edge": "#4C72B0", "edge (not home)": "#8FB8E8", "cloud": "#C44E52"}
     pos = {v: graph.nodes[v]["pos"] for v in graph.nodes}
@@ -304,4 +304,4 @@ def draw_layout(graph: nx.Graph, network: TierNetwork, layout: Layout, path: str
             f"; random: ${left_out['cost']['total']:.3g}, not drawn" if left_out else ""), fontsize=9)
         bx.tick_params(axis="x", labelrotation=30, labelsize=8)
         bx.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -217,7 +217,7 @@ def resolve_device(name: str) -> Device:
 
 def draw_pareto_time_accuracy(rows: list[PolicyRow], path: Path, title: str) -> Path:
     """Test accuracy against simulated time, one colour per policy, one marker per floor."""
-    from edgepool.plotting import _save, plt
+    from edgepool.plotting import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     policies = list(dict.fromkeys(r.policy for r in rows))
@@ -243,4 +243,4 @@ def draw_pareto_time_accuracy(rows: list[PolicyRow], path: Path, title: str) -> 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -381,7 +381,7 @@ def draw_adaptive(result: AdaptiveResult, path: str | Path, top_fixed: int = 8) 
     PPO and the heuristic chose."""
     import matplotlib.pyplot as plt
 
-    from edgepool.plotting import _save
+    from edgepool.plotting import save_figure
 
     fixed = sorted((k for k in result.utilities if k.startswith("fixed:")), key=result.utilities.get,
                    reverse=True)[:top_fixed]
@@ -415,4 +415,4 @@ def draw_adaptive(result: AdaptiveResult, path: str | Path, top_fixed: int = 8) 
         ax.set_xlim(axes[1][0].get_xlim())
         ax.set_xlabel("time (s)")
         ax.legend(fontsize=7, loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -65,7 +65,7 @@ def best_at_accuracy(rows: list[OptionMeasure], floor: float, methods: tuple[str
 
 def draw_rate_accuracy(rows: list[OptionMeasure], path, title: str | None = None):
     """Accuracy against bytes per image, one curve per method (and resolution); local as a line."""
-    from edgepool.plotting import _save, plt
+    from edgepool.plotting import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = plt.get_cmap("tab20").colors
@@ -98,4 +98,4 @@ def draw_rate_accuracy(rows: list[OptionMeasure], path, title: str | None = None
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -247,7 +247,7 @@ def measure_latency(factory: str, factory_kwargs: dict, options: list[SplitOptio
 
 def draw_latency_sweep(sweep: LatencySweep, path: str | Path, title: str | None = None) -> Path:
     """Mean latency vs bandwidth (log x), one line per option: where each option stops paying off."""
-    from edgepool.plotting import _save, plt
+    from edgepool.plotting import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     bws = sorted(sweep.bandwidths_bps)
@@ -266,4 +266,4 @@ def draw_latency_sweep(sweep: LatencySweep, path: str | Path, title: str | None 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
