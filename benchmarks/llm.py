@@ -338,7 +338,7 @@ def draw(links: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgepool.plotting import _save
+    from edgepool.plotting import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     width = 0.8 / max(len(links), 1)
@@ -364,7 +364,7 @@ def draw(links: dict, path: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle("SmolLM2-135M-Instruct on 4 emulated devices (measured bars, predicted ticks)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _shown(path: Path) -> str:
