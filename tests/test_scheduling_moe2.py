@@ -129,12 +129,12 @@ def fixture_table(n_queries: int = 8) -> ExpertTable:
 def test_simulated_costs_follow_the_catalog():
     from edgepool.scheduling.moe2.scenario import _fleet
 
-    fleet, modes = _fleet()
+    fleet = _fleet()
     table = fixture_table()
     orin, orin_slow, gpu, gw = (fleet.index(n) for n in ("orin-1", "orin-8", "rtx4090-1", "gateway"))
-    e_orin, l_orin = simulated_costs(table, fleet, modes, [orin, orin, orin], gw)
-    e_gpu, l_gpu = simulated_costs(table, fleet, modes, [gpu, gpu, gpu], gw)
-    _, l_slow = simulated_costs(table, fleet, modes, [orin_slow] * 3, gw)
+    e_orin, l_orin = simulated_costs(table, fleet, [orin, orin, orin], gw)
+    e_gpu, l_gpu = simulated_costs(table, fleet, [gpu, gpu, gpu], gw)
+    _, l_slow = simulated_costs(table, fleet, [orin_slow] * 3, gw)
     assert np.all(e_orin > 0) and np.all(l_orin > fleet.latency[gw, orin])  # compute plus the trip
     assert np.all(l_gpu < l_orin) and np.all(l_slow > l_orin)  # a 4090 beats an Orin; 15 W mode is slower
     assert np.all(l_orin[:, 1] < l_orin[:, 0])  # int8 moves a quarter of fp32's bytes, at a higher peak

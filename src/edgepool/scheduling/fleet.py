@@ -11,15 +11,17 @@ import numpy as np
 
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
-from edgepool.device import Device
+from edgepool.device import Device, PowerMode
 
 
 @dataclass(frozen=True)
 class Node:
-    """One schedulable node: its catalog device, sustained FLOP/s, and power busy and idle (watts)."""
+    """One schedulable node: its catalog device, the power mode the cluster sets, sustained FLOP/s there, and
+    power busy and idle (watts)."""
 
     name: str
     device: Device
+    mode: PowerMode | None
     flops: float
     power_busy_w: float
     power_idle_w: float
@@ -41,7 +43,8 @@ class Fleet:
         nodes = []
         for name, device in cluster.devices.items():
             mode = device.mode(cluster.power_modes.get(name))
-            nodes.append(Node(name=name, device=device, flops=cost_model.effective_flops(device, mode=mode),
+            nodes.append(Node(name=name, device=device, mode=mode,
+                              flops=cost_model.effective_flops(device, mode=mode),
                               power_busy_w=cost_model.power(device, 1.0, mode),
                               power_idle_w=cost_model.power(device, 0.0, mode)))
         n = len(nodes)
@@ -69,10 +72,11 @@ class Fleet:
         """Sustained FLOP/s per node, in node order."""
         return np.array([n.flops for n in self.nodes])
 
-    def compute_s(self, node: int, flops: float, bytes_moved: float = 0.0) -> float:
-        """Roofline time of `flops` on a node (the cost model's rule, at the cluster's power mode)."""
+    def compute_s(self, node: int, flops: float, bytes_moved: float = 0.0, precision: str | None = None) -> float:
+        """Roofline time of `flops` on a node: `CostModel.compute_time` at the node's power mode (the cost
+        model's precision unless `precision` is given)."""
         n = self.nodes[node]
-        return max(flops / n.flops, bytes_moved / n.device.memory_bandwidth)
+        return self.cost_model.compute_time(flops, bytes_moved, n.device, precision, n.mode)
 
     def transfer_s(self, src: int, dst: int, nbytes: float) -> float:
         """Latency plus bytes over the route's bottleneck bandwidth; nothing when the data stays put."""

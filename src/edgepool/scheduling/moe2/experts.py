@@ -263,10 +263,10 @@ def prefill_work(variant: Variant, tokens: np.ndarray, shape: ModelShape) -> tup
     return flops, weight_bytes
 
 
-def simulated_costs(table: ExpertTable, fleet, modes: list, placement: list[int], gateway: int,
+def simulated_costs(table: ExpertTable, fleet, placement: list[int], gateway: int,
                     shape: ModelShape | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Energy (J) and latency (s) per query and expert, [Q, K]: the expert's prefill on its server (roofline at
-    the variant's precision and the server's power mode `modes[server]`) plus the query's trip gateway -> server
+    the variant's precision and the server's power mode, `Fleet.compute_s`) plus the query's trip gateway -> server
     -> gateway (prompt token ids out, one small answer back)."""
     shape = shape or ModelShape.smollm2_135m()
     q, k = table.tokens.shape
@@ -274,8 +274,7 @@ def simulated_costs(table: ExpertTable, fleet, modes: list, placement: list[int]
     for j, (variant, server) in enumerate(zip(table.variants, placement)):
         node = fleet.nodes[server]
         flops, weight_bytes = prefill_work(variant, table.tokens[:, j], shape)
-        compute = np.array([fleet.cost_model.compute_time(f, weight_bytes, node.device, variant.precision,
-                                                          modes[server]) for f in flops])
+        compute = np.array([fleet.compute_s(server, f, weight_bytes, variant.precision) for f in flops])
         trip = np.array([fleet.transfer_s(gateway, server, t * TOKEN_BYTES) + fleet.transfer_s(server, gateway, 64)
                          for t in table.tokens[:, j]])
         energy[:, j] = compute * node.power_busy_w

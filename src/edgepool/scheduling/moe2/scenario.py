@@ -73,10 +73,7 @@ def _fleet():
     path = example_cluster_path(CLUSTER)
     if path is None:
         raise SpecError("cluster", CLUSTER, f"examples/clusters/{CLUSTER}.yaml present in the checkout")
-    cluster = load_cluster(path)
-    fleet = Fleet.from_cluster(cluster, CostModel())
-    modes = [node.device.mode(cluster.power_modes.get(node.name)) for node in fleet.nodes]
-    return fleet, modes
+    return Fleet.from_cluster(load_cluster(path), CostModel())
 
 
 def prepare(out: Path, quick: bool, seed: int, progress: Progress | None = None,
@@ -98,12 +95,12 @@ def prepare(out: Path, quick: bool, seed: int, progress: Progress | None = None,
     tick(progress, "gate: MiniLM embeddings", 0, None)
     emb = gating.embed_queries([q.question for q in queries])
     predicted = _nearest_centroid(emb, categories, train)
-    fleet, modes = _fleet()
+    fleet = _fleet()
     servers = [i for i, n in enumerate(fleet.names) if n != GATEWAY]
     if len(servers) < len(VARIANTS):
         raise SpecError("cluster.devices", len(servers), f"at least {len(VARIANTS)} servers besides the gateway")
     placement = [servers[(PLACEMENT_STRIDE * k) % len(servers)] for k in range(len(VARIANTS))]
-    energy, latency = simulated_costs(table, fleet, modes, placement, fleet.index(GATEWAY))
+    energy, latency = simulated_costs(table, fleet, placement, fleet.index(GATEWAY))
     return Prepared(table=table, reused=reused, x=gating.features(emb, list(categories)),
                     x_predicted=gating.features(emb, list(predicted)),
                     category_accuracy=float((predicted == categories)[~train].mean()), train=train,
