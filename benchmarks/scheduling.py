@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from edgepool.benchmarking import metric_lines, output_folder, run_facts, save_result
+from edgepool.benchmarking import goals_met, metric_lines, output_folder, run_facts, save_result
 
 # The issue's goals: metric -> (at most | at least, value). Reported beside the figures, never used to tune.
 GOALS = {
@@ -27,15 +27,6 @@ GOALS = {
 }
 
 
-def goals_met(metrics: dict) -> dict[str, bool | None]:
-    """Each goal's verdict on this run's figure (None where the run did not produce it)."""
-    verdict = {}
-    for name, (sense, bound) in GOALS.items():
-        value = metrics.get(name)
-        verdict[name] = None if value is None else (value <= bound if sense == "at most" else value >= bound)
-    return verdict
-
-
 def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.cli.progress import StageBar
     from edgepool.scheduling.scenarios import SCENARIOS, scenario_module
@@ -50,7 +41,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     metrics = {key: value for report in scenarios.values() for key, value in report["metrics"].items()}
     result = {"benchmark": "scheduling", "quick": quick, "metrics": metrics,
               "goals": {name: f"{sense} {bound}" for name, (sense, bound) in GOALS.items()},
-              "goals_met": goals_met(metrics), "scenarios": scenarios,
+              "goals_met": goals_met(metrics, GOALS), "scenarios": scenarios,
               "plots": {f"{name}-{label}": path for name, report in scenarios.items()
                         for label, path in report.get("plots", {}).items()},
               "simulated": {name: report.get("simulated", []) for name, report in scenarios.items()},

@@ -104,8 +104,31 @@ def inference_cases_view(path: str, data: dict) -> str:
     return _source(path, data) + "\n\n" + _table(header, rows)
 
 
+def energy_scenarios_view(path: str, data: dict) -> str:
+    """Per scenario: the throughput plan and the energy plan (simulated), then energy per sample by kind of
+    parallelism (each kind's fastest plan and its energy plan)."""
+    rows, kinds = [], []
+    for s in data["scenarios"]:
+        t, e = s["throughput_plan"], s["energy_plan"]
+        rows.append([s["scenario"], f"{t['planner']}, {len(t['devices'])} dev., {fmt(t['throughput'])}/s",
+                     fmt(t["energy_per_sample_j"]), f"{e['planner']}, {len(e['devices'])} dev., "
+                     f"{fmt(e['throughput'])}/s", fmt(e["energy_per_sample_j"]), _pct(s["saving"]),
+                     _pct(s["throughput_kept"])])
+        kinds.append([s["scenario"], *(f"{fmt(k['throughput_plan_j_per_sample'])} / "
+                                       f"{fmt(k['energy_plan_j_per_sample'])}" if k else "—"
+                                       for k in (s["parallelism"].get(n) for n in ("data", "pipeline", "hybrid")))])
+    scalar = [[f"`{k}`", fmt(v)] for k, v in data["metrics"].items() if not isinstance(v, dict)]
+    return (_source(path, data) + "\n\n" + _table(["metric", "value"], scalar) + "\n\n"
+            + _table(["scenario", "throughput plan", "J/sample", "energy plan", "J/sample", "saving",
+                      "throughput kept"], rows)
+            + "\n\nEnergy per sample (J) of each kind's fastest plan / of its energy plan "
+              "(`parallelism_energy_table` holds the first):\n\n"
+            + _table(["scenario", "data", "pipeline", "hybrid"], kinds))
+
+
 VIEWS: dict[str, Callable[[str, dict], str]] = {
     "metrics": metrics_view,
+    "energy-scenarios": energy_scenarios_view,
     "runtime-plans": runtime_plans_view,
     "inference-cases": inference_cases_view,
 }

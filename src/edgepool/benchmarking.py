@@ -41,6 +41,16 @@ def run_facts(name: str, quick: bool, started: float) -> dict:
             "command": f"edgepool bench {name}" + (" --quick" if quick else "") + " --json"}
 
 
+def goals_met(metrics: dict, goals: dict[str, tuple[str, float]]) -> dict[str, bool | None]:
+    """Each of an issue's goals (metric -> ("at most" | "at least", bound)) judged on a run's figure; None
+    where the run did not produce it. Goals are reported beside the figures, never used to tune."""
+    verdict = {}
+    for name, (sense, bound) in goals.items():
+        value = metrics.get(name)
+        verdict[name] = None if value is None else (value <= bound if sense == "at most" else value >= bound)
+    return verdict
+
+
 def metric_lines(metrics: dict, width: int) -> list[str]:
     """One line per metric for `render`: its name padded to `width`, the value rounded to 4 places."""
     return [f"  {key:{width}s} {value if value is None else round(value, 4)}" for key, value in metrics.items()]

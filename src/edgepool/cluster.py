@@ -6,7 +6,7 @@ this machine) and links. Pairs without an explicit link use `default_link`; a li
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,20 @@ class Cluster:
                        addresses={n: self.addresses[n] for n in names if n in self.addresses},
                        power_modes={n: m for n, m in self.power_modes.items() if n in names},
                        zones={n: z for n, z in self.zones.items() if n in names}, source=self.source)
+
+    def with_power_modes(self, modes: dict[str, str]) -> "Cluster":
+        """The same cluster with these devices' power modes set (a plan's modes, or a search's candidate)."""
+        if all(self.power_modes.get(d) == m for d, m in modes.items()):
+            return self
+        for d, m in modes.items():
+            if d not in self.devices:
+                raise SpecError(field="power_modes", value=d, accepted=f"devices of {self.name!r}: "
+                                                                      f"{', '.join(self.devices)}")
+            try:
+                self.devices[d].mode(m)
+            except ValueError as exc:
+                raise SpecError(field=f"power_modes.{d}", value=m, accepted=str(exc).split("accepted: ")[-1]) from None
+        return replace(self, power_modes={**self.power_modes, **modes})
 
     @classmethod
     def uniform(cls, devices: list[Device], bandwidth: float, latency_s: float = 0.0,

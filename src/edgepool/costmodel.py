@@ -27,6 +27,9 @@ class CostModel:
     # threads, kernel): a pipeline stage pays it per micro-batch and neighbour, on top of its layers
     message_overhead_s: dict[str, float] = field(default_factory=dict)
     runtime_overhead_bytes: int = 0  # per process: framework, allocator slack (tests and testbed set it)
+    # Watts a device draws above idle while its network interface moves data. An assumption, not a
+    # measurement: active Gigabit Ethernet or Wi-Fi on a single-board computer adds roughly 0.5-2 W.
+    network_power_w: float = 1.0
 
     def __post_init__(self):
         if self.precision not in PRECISION_BYTES:
@@ -120,13 +123,19 @@ class CostModel:
     # ------------------------------------------------------------------ energy
     @staticmethod
     def power(device: Device, utilization: float, mode: PowerMode | None = None) -> float:
-        """Watts: idle power plus a dynamic part linear in utilization, capped by the mode's budget."""
-        top = min(device.power_max_w, mode.power_budget_w) if mode else device.power_max_w
+        """Watts: idle power plus a dynamic part linear in utilization, up to the mode's modelled draw while
+        busy where a power model gave one, else up to the device's maximum capped by the mode's budget."""
+        if mode and mode.busy_w:
+            top = mode.busy_w
+        else:
+            top = min(device.power_max_w, mode.power_budget_w) if mode else device.power_max_w
         return device.power_idle_w + (top - device.power_idle_w) * min(max(utilization, 0.0), 1.0)
 
-    def energy(self, device: Device, busy_s: float, idle_s: float = 0.0, mode: PowerMode | None = None) -> float:
-        """Joules (modelled: busy time at full dynamic power, idle time at idle power)."""
-        return busy_s * self.power(device, 1.0, mode) + idle_s * device.power_idle_w
+    def energy(self, device: Device, busy_s: float, idle_s: float = 0.0, mode: PowerMode | None = None,
+               network_s: float = 0.0) -> float:
+        """Joules (modelled: busy time at full dynamic power, idle time at idle power, plus the network
+        interface's extra draw for the `network_s` it moves data, overlapping either)."""
+        return busy_s * self.power(device, 1.0, mode) + idle_s * device.power_idle_w + network_s * self.network_power_w
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, profiles: ModelProfile | list[ModelProfile], device: Device) -> "CostModel":

@@ -22,6 +22,9 @@ class PowerMode(BaseModel):
     memory_max_freq_mhz: float | None = Field(default=None, gt=0)
     # Fraction of the device's peak compute this mode allows, when the vendor's clocks say so.
     compute_scale: float = Field(default=1.0, gt=0, le=1.0)
+    # Modelled draw while busy with the work being planned, where a power model gave one
+    # (`edgepool.power.planning_modes`); else the device's maximum, capped by the budget, stands for it.
+    busy_w: float | None = Field(default=None, gt=0)
 
 
 class Accelerator(BaseModel):

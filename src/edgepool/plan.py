@@ -81,6 +81,8 @@ class Plan(BaseModel):
     feasible: bool = True
     infeasible_reason: str | None = None
     predicted: dict[str, float] = Field(default_factory=dict, description="the planner's own cost-model estimate")
+    power_modes: dict[str, str] = Field(default_factory=dict,
+                                        description="device -> the power mode it runs in (absent: its maximum)")
     notes: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

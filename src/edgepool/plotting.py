@@ -135,6 +135,33 @@ def draw_pareto(points: Sequence, path: str | Path, x_label: str = "x", y_label:
     return save_figure(fig, path)
 
 
+def draw_energy_pareto(points: Mapping[str, Sequence[tuple[float, float]]],
+                       chosen: Mapping[str, tuple[float, float]], path: str | Path, title: str | None = None) -> Path:
+    """Throughput against energy per sample: each group's (throughput, J/sample) points in its own colour,
+    the front over all of them (more throughput, less energy) as a line, each group's chosen point a star."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    every = [xy for group in points.values() for xy in group]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, group) in enumerate(points.items()):
+        color = cycle[k % len(cycle)]
+        if group:
+            ax.scatter([x for x, _ in group], [y for _, y in group], s=10, alpha=0.45, color=color, label=label)
+        if label in chosen:
+            ax.scatter([chosen[label][0]], [chosen[label][1]], s=90, marker="*", color=color, edgecolors="k",
+                       linewidths=0.6, zorder=3)
+    if every:
+        front = sorted((every[i] for i in pareto_front(every, minimize_x=False, maximize_y=False)))
+        ax.plot([x for x, _ in front], [y for _, y in front], "-", color="k", lw=1, label="Pareto front")
+    ax.set_xlabel("throughput (samples/s)")
+    ax.set_ylabel("energy per sample (J)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="stars: chosen plans", title_fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
 def draw_series(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, x_label: str = "x",
                 y_label: str = "y", title: str | None = None, steps: bool = True, marker: str | None = None) -> Path:
     """One line per label through its (x, y) points; with `steps` each value holds until the next x (a rate

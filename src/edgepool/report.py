@@ -20,6 +20,14 @@ class DeviceStats(BaseModel):
     memory_limit_bytes: float | None = None
     energy_j: float = 0.0
     energy_source: Literal["modelled", "measured"] = "modelled"
+    energy_meter: str | None = None     # measured: the meter that read it (e.g. "rapl", "nvml", "jetson")
+    # modelled: where energy_j went (compute, idle while waiting, communication); they sum to energy_j
+    energy_breakdown_j: dict[str, float] = Field(default_factory=dict)
+
+
+# Timeline kinds a device spends computing, and moving data (busy time and the energy breakdown read them).
+COMPUTE_KINDS = ("fwd", "bwd", "optimizer")
+NETWORK_KINDS = ("send", "recv", "allreduce")
 
 
 class TimelineEvent(BaseModel):

@@ -11,7 +11,9 @@ then all-reduced across pipelines; then every device steps its optimizer. Every 
 same functions the planners' estimate uses (`edgepool.planners.costing`); the simulator composes them as
 events instead of a closed form. Peak memory counts the micro-batches a stage holds in flight under its
 action list; a plan that exceeds any device's memory is reported infeasible, never run.
-Energy is modelled (busy time at full dynamic power, the rest at idle power), per iteration.
+Energy is modelled per iteration, in each device's power mode (the plan's `power_modes`): busy time at full
+dynamic power, the rest at idle power, plus the network interface's draw while the device moves data; each
+device's `energy_breakdown_j` splits it into compute, communication and idle while waiting.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from edgepool.plan import PipelinePlan, Plan
 from edgepool.planners.costing import (PipelineCost, SharedSync, cross_pipeline_allreduce, device_mode,
                                        memory_per_device, memory_problem, pipeline_costs, shared_gradient_syncs)
 from edgepool.profile import ModelProfile
-from edgepool.report import DeviceStats, Report, TimelineEvent
+from edgepool.report import COMPUTE_KINDS, NETWORK_KINDS, DeviceStats, Report, TimelineEvent
 from edgepool.schedule import Action, in_flight, stage_actions
 
 
@@ -107,6 +109,7 @@ def simulate(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: Model
     Device failures and joins over time are `edgepool.elastic.sim_events.simulate_elastic`, which composes this.
     """
     _check_request(plan, cluster, profile)
+    cluster = cluster.with_power_modes(plan.power_modes)
     # every duration from the planners' own cost functions; the replay composes them as events
     links = LinkCache(cluster)
     syncs = shared_gradient_syncs(plan, profile, cost_model, links)
@@ -270,7 +273,7 @@ def _timeline(ops: list[_Op], devices: list[str]) -> tuple[list[TimelineEvent], 
                                               microbatch=op.microbatch, stage=stage, iteration=0))
             continue
         for d, t in op.devices.items():
-            if op.kind in ("fwd", "bwd", "optimizer"):
+            if op.kind in COMPUTE_KINDS:
                 busy[d] += t
             timeline.append(TimelineEvent(device=d, kind=op.kind, start=op.start, end=op.start + t,
                                           microbatch=op.microbatch, stage=stage, iteration=0))
@@ -278,19 +281,41 @@ def _timeline(ops: list[_Op], devices: list[str]) -> tuple[list[TimelineEvent], 
     return timeline, busy
 
 
-def _device_stats(plan: Plan, cluster: Cluster, cost_model: CostModel, busy: dict[str, float],
-                  memory: dict[str, float], iteration: float) -> dict[str, DeviceStats]:
-    """Utilization, peak memory and modelled energy per device: busy time at full dynamic power, the rest of the
-    iteration at idle power, in the device's power mode."""
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of [start, end) spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _device_stats(plan: Plan, cluster: Cluster, cost_model: CostModel, timeline: list[TimelineEvent],
+                  busy: dict[str, float], memory: dict[str, float], iteration: float) -> dict[str, DeviceStats]:
+    """Utilization, peak memory and modelled energy per device, in the device's power mode, split three ways:
+    compute (busy time at full dynamic power), communication (the network interface's extra draw while it
+    moves data, plus idle power while the device only communicates) and idle (waiting at idle power)."""
+    compute: dict[str, list] = {d: [] for d in plan.devices}
+    network: dict[str, list] = {d: [] for d in plan.devices}
+    for e in timeline:
+        if e.kind in COMPUTE_KINDS:
+            compute[e.device].append((e.start, e.end))
+        elif e.kind in NETWORK_KINDS:
+            network[e.device].append((e.start, e.end))
     per_device = {}
     for d in plan.devices:
-        device = cluster.devices[d]
-        mode = device_mode(cluster, d)
+        device, mode = cluster.devices[d], device_mode(cluster, d)
+        network_s = _covered(network[d])
+        network_only_s = _covered(network[d] + compute[d]) - _covered(compute[d])
+        idle_s = max(iteration - busy[d] - network_only_s, 0.0)
+        parts = {"compute": cost_model.energy(device, busy[d], mode=mode),
+                 "communication": cost_model.energy(device, 0.0, network_only_s, mode, network_s),
+                 "idle": cost_model.energy(device, 0.0, idle_s, mode)}
         per_device[d] = DeviceStats(
             busy_s=busy[d], utilization=busy[d] / iteration if iteration > 0 else 0.0,
             peak_memory_bytes=memory[d], memory_limit_bytes=float(device.memory_bytes),
-            energy_j=cost_model.energy(device, busy[d], max(iteration - busy[d], 0.0), mode),
-            energy_source="modelled")
+            energy_j=sum(parts.values()), energy_source="modelled", energy_breakdown_j=parts)
     return per_device
 
 
@@ -301,12 +326,15 @@ def _report(plan: Plan, cluster: Cluster, cost_model: CostModel, profile: ModelP
     timeline, busy = _timeline(it.ops, plan.devices)
     memory = memory_per_device(plan, profile, cost_model)
     problem = memory_problem(memory, cluster)
-    per_device = _device_stats(plan, cluster, cost_model, busy, memory, iteration)
+    per_device = _device_stats(plan, cluster, cost_model, timeline, busy, memory, iteration)
     energy = sum(s.energy_j for s in per_device.values())
     metrics = {
         "simulated_iteration_time_s": iteration, "microbatches": plan.microbatches, "schedule": plan.schedule,
         "stages": [len(p.stages) for p in plan.pipelines], "pipelines": len(plan.pipelines),
         "energy_j_per_iteration": energy, "energy_j_per_sample": energy / plan.batch, "energy": "modelled",
+        "average_power_w": energy / iteration if iteration > 0 else 0.0,
+        "energy_breakdown_j_per_sample": {k: sum(s.energy_breakdown_j[k] for s in per_device.values()) / plan.batch
+                                          for k in ("compute", "idle", "communication")},
         "predicted_throughput": plan.predicted.get("throughput"),
         "memory_headroom": min(1 - memory[d] / cluster.devices[d].memory_bytes for d in memory),
         "in_flight": {f"{p}.{s}": k for (p, s), k in it.in_flight.items()},

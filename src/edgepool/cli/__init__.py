@@ -20,6 +20,7 @@ class _OneLineErrors(TyperGroup):
 
 
 def _exit_code(exc: Exception) -> int | None:
+    from edgepool.characterize.runner import MeasurementFailed
     from edgepool.errors import SpecError
     from edgepool.testbed.launcher import WorkerFailed
 
@@ -31,7 +32,7 @@ def _exit_code(exc: Exception) -> int | None:
         return 1
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         return 2
-    if isinstance(exc, (WorkerFailed, TimeoutError)):
+    if isinstance(exc, (WorkerFailed, TimeoutError, MeasurementFailed)):
         return 1
     return None
 
@@ -52,11 +53,11 @@ app = typer.Typer(
 )
 
 # Each area registers its own commands; one file per area keeps them apart.
-from . import (adapt, bench, core, demo, elastic, federated, finetune, graph, inference, pool, power,  # noqa: E402
-               precision, report, runtime, schedule, serving, split, training)
+from . import (adapt, bench, characterize, core, demo, elastic, federated, finetune, graph,  # noqa: E402
+               inference, pool, power, precision, report, runtime, schedule, serving, split, training)
 
 for _area in (core, training, runtime, demo, report, elastic, inference, finetune, adapt, serving, power, pool,
-              split, precision, federated, graph, schedule, bench):
+              split, precision, federated, graph, schedule, characterize, bench):
     _area.register(app)
 
 

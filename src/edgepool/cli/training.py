@@ -146,28 +146,80 @@ def register(app: typer.Typer) -> None:
         seq: int = typer.Option(None, min=1),
         precision: str = typer.Option("fp32"),
         optimizer: str = typer.Option("adam"),
+        objective: str = typer.Option("throughput", help="throughput, or energy (least energy per sample)."),
+        throughput_fraction: float = typer.Option(
+            0.9, help="energy objective: keep at least this fraction of each planner's throughput plan."),
+        min_throughput: float = typer.Option(None, help="A throughput floor in samples/s (instead)."),
+        energy_budget: float = typer.Option(None, help="At most this many joules per sample."),
+        power_budget: float = typer.Option(None, help="At most this average draw of the plan's devices, W."),
+        pareto: Path = typer.Option(None, dir_okay=False,
+                                    help="Draw throughput against energy per sample of every candidate here."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Every planner side by side: simulated throughput, speed-up over dp, memory headroom, feasibility."""
+        """Every planner side by side: simulated throughput, energy per sample, memory headroom, feasibility.
+
+        Jetsons carry the power work's modes (presets and their Pareto front for this model, with modelled
+        draw); `--objective energy` or a budget makes each planner search them and the devices to use."""
+        from edgepool.planners.compare import compare_planners
+        from edgepool.power.planning_modes import with_planning_modes
+        constraints = {k: v for k, v in {"min_throughput": min_throughput, "energy_per_sample_j": energy_budget,
+                                         "power_w": power_budget}.items() if v is not None}
+        if objective == "energy" and min_throughput is None:
+            constraints["throughput_fraction"] = throughput_fraction
         try:
-            cl = cluster_of(cluster, pool, key, key_file)
             cost_model = _cost_model(precision, optimizer)
             prof = _profile(model, seq)
-            from edgepool.planners.compare import compare_planners
-            rows = compare_planners(prof, cl, cost_model, batch)
+            cl = with_planning_modes(cluster_of(cluster, pool, key, key_file), prof, batch, precision)
+            rows = compare_planners(prof, cl, cost_model, batch, objective=objective, constraints=constraints)
         except SpecError as exc:
             _fail(exc)
+        if pareto:
+            _draw_energy_pareto(rows, pareto, f"{model} on {cl.name}, batch {batch}")
         if as_json:
-            typer.echo(json.dumps({"model": model, "cluster": cl.name, "batch": batch, "source": "simulated",
+            typer.echo(json.dumps({"model": model, "cluster": cl.name, "batch": batch, "objective": objective,
+                                   "constraints": constraints, "source": "simulated",
+                                   "energy": "modelled: catalog idle power + the power work's DVFS model",
                                    "rows": [{k: v for k, v in r.items() if k != "plan"} for r in rows]}, indent=2))
             return
-        table = narrow_table(f"{model} on {cl.name}, batch {batch} (simulated with the roofline cost model)",
-                             ["planner", "samples/s", "vs dp", "stages", "devices", "M", "free", "fits"],
-                             left=("fits",))
+        title = (f"{model} on {cl.name}, batch {batch}, objective {objective}"
+                 + (f" ({', '.join(f'{k} {v:g}' for k, v in constraints.items())})" if constraints else "")
+                 + " (simulated; energy modelled)")
+        table = narrow_table(title, ["planner", "kind", "samples/s", "vs dp", "J/sample", "W", "slower modes"],
+                             left=("kind",))
         for r in rows:
-            table.add_row(r["planner"], f"{r['throughput']:.2f}" if r["throughput"] else "-",
+            table.add_row(r["planner"], r["parallelism"], f"{r['throughput']:.4g}" if r["feasible"] else "-",
                           f"{r['speedup_over_dp']:.2f}x" if r["speedup_over_dp"] else "-",
-                          "+".join(map(str, r["stages"])), str(r["devices_used"]), str(r["microbatches"]),
-                          f"{r['memory_headroom']:.0%}" if r["memory_headroom"] is not None else "-",
-                          "yes" if r["feasible"] else f"no: {r['why_not']}")
-        Console().print(table)
+                          f"{r['energy_per_sample_j']:.3g}" if r["feasible"] else "-", f"{r['power_w']:.3g}",
+                          str(_modes_lowered(r, cl)))
+        console = Console()
+        console.print(table)
+        for r in rows:
+            if not r["feasible"]:
+                console.print(f"{r['planner']}: no plan: {r['why_not']}")
+        feasible = [r for r in rows if r["feasible"]]
+        if feasible:
+            best = min(feasible, key=lambda r: r["energy_per_sample_j"])
+            table = narrow_table(f"where the energy goes in {best['planner']}'s plan, J per sample (modelled)",
+                                 ["device", "mode", "compute", "idle", "network"], left=("mode",))
+            for d, parts in best["device_energy_j_per_sample"].items():
+                table.add_row(d, best["power_modes"].get(d, "-"),
+                              *(f"{parts[k]:.3g}" for k in ("compute", "idle", "communication")))
+            console.print(table)
+        if pareto:
+            console.print(f"Pareto plot drawn to {pareto}")
+
+
+def _modes_lowered(row: dict, cluster) -> int:
+    """How many of the plan's devices run in a slower mode than their fastest."""
+    return sum(1 for d, m in row["power_modes"].items() if m != cluster.power_modes.get(d))
+
+
+def _draw_energy_pareto(rows: list[dict], path: Path, title: str) -> None:
+    """Throughput against energy per sample of every candidate every planner's search replayed (or of each
+    planner's plan, when there was no search), the front, and the plans chosen."""
+    from edgepool.plotting import draw_energy_pareto
+    points = {r["planner"]: [(c["throughput"], c["energy_per_sample_j"]) for c in r["candidates"]
+                             if c["throughput"]] or ([(r["throughput"], r["energy_per_sample_j"])]
+                                                     if r["throughput"] else []) for r in rows}
+    chosen = {r["planner"]: (r["throughput"], r["energy_per_sample_j"]) for r in rows if r["throughput"]}
+    draw_energy_pareto(points, chosen, path, title=title + " (simulated)")

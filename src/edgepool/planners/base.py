@@ -4,7 +4,9 @@ A planner decides and returns a `Plan`; it never executes and does no I/O. Every
 `Plan.predicted` from `edgepool.planners.costing.estimate`, the same cost function the simulator replays.
 
 `constraints` (all optional): `microbatches` (force M), `max_stages`, `devices` (use only these),
-`schedule` ("1f1b" or "gpipe" where the planner allows a choice).
+`schedule` ("1f1b" or "gpipe" where the planner allows a choice). `get_planner` wraps every planner so that it
+also answers `objective="energy"` and energy or power budgets (`edgepool.planners.energy`); the planners
+themselves search for throughput.
 """
 from __future__ import annotations
 
@@ -50,10 +52,12 @@ def planner_names() -> list[str]:
 
 
 def get_planner(name: str) -> Planner:
+    """The named planner, answering every objective (`edgepool.planners.energy.ObjectivePlanner`)."""
+    from edgepool.planners.energy import ObjectivePlanner
     _load_all()
     if name not in _REGISTRY:
         raise SpecError(field="planner", value=name, accepted=", ".join(_REGISTRY))
-    return _REGISTRY[name]()
+    return ObjectivePlanner(_REGISTRY[name]())
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -96,12 +100,17 @@ def make_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model:
     """A plan with `predicted`, `feasible` and `infeasible_reason` filled in from the shared estimate."""
     plan = Plan(planner=planner, model=profile.model, cluster=cluster.name, num_layers=len(profile), batch=batch,
                 microbatches=microbatches, schedule=schedule, precision=cost_model.precision, seq=profile.seq,
-                pipelines=pipelines, notes=notes or {})
+                pipelines=pipelines, notes=notes or {},
+                power_modes={d: m for d, m in cluster.power_modes.items() if d in _plan_devices(pipelines)})
     est = estimate(plan, profile, cost_model, cluster, links)
     plan.predicted = est.predicted()
     if not est.feasible:
         plan.feasible, plan.infeasible_reason = False, est.reason
     return plan, est
+
+
+def _plan_devices(pipelines: list[PipelinePlan]) -> set[str]:
+    return {d for p in pipelines for d in p.devices}
 
 
 def infeasible_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model: CostModel, batch: int,

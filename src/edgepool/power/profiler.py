@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgepool.meters import Meter, MeterSession, detect_meter
 from edgepool.power.modes import Mode, ModeSpace
 from edgepool.power.power_model import power_model_for
 from edgepool.power.workloads import Workload, build_step
@@ -36,60 +37,24 @@ WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # ----------------------------------------------------------------------------------------------- sensors
-@dataclass
 class PowerSensor:
-    """A power reading source: `read()` returns watts averaged since the previous call."""
+    """Watts averaged since the previous `read()`, from the host's energy meter (`edgepool.meters`)."""
 
-    name: str
-    read: Callable[[], float]
+    def __init__(self, meter: Meter, clock: Callable[[], float] = time.monotonic):
+        self.meter, self.clock = meter, clock
+        self.name = f"{meter.name} ({meter.covers})"
+        self._session = MeterSession(meter, clock=clock).start()
 
-
-def _rapl_sensor() -> PowerSensor | None:
-    path = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-    try:
-        last = [int(path.read_text()), time.perf_counter()]
-    except (OSError, ValueError):
-        return None
-
-    def read() -> float:
-        energy, now = int(path.read_text()), time.perf_counter()
-        watts = (energy - last[0]) / 1e6 / max(now - last[1], 1e-9)
-        last[:] = [energy, now]
-        return watts
-    return PowerSensor("rapl (package 0)", read)
-
-
-def _nvml_sensor() -> PowerSensor | None:
-    try:
-        import pynvml  # from nvidia-ml-py
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        pynvml.nvmlDeviceGetPowerUsage(handle)
-    except Exception:  # noqa: BLE001 - any failure means no NVML here
-        return None
-    return PowerSensor("nvml (GPU 0 board power)", lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-
-
-def _jtop_sensor() -> PowerSensor | None:
-    try:
-        from jtop import jtop  # jetson-stats
-
-        handle = jtop()
-        handle.start()
-        handle.power["tot"]["power"]
-    except Exception:  # noqa: BLE001 - not a Jetson, or jetson-stats absent
-        return None
-    return PowerSensor("jetson-stats (total board power)", lambda: handle.power["tot"]["power"] / 1000.0)
+    def read(self) -> float:
+        measurement = self._session.stop()
+        self._session = MeterSession(self.meter, clock=self.clock).start()
+        return measurement.mean_power_w
 
 
 def detect_power_sensor() -> PowerSensor | None:
-    """The first power sensor this host exposes (jetson-stats, NVML, RAPL), or None."""
-    for probe in (_jtop_sensor, _nvml_sensor, _rapl_sensor):
-        sensor = probe()
-        if sensor is not None:
-            return sensor
-    return None
+    """The host's energy meter (RAPL, NVML or Jetson rails) as a power sensor, or None."""
+    meter = detect_meter()
+    return PowerSensor(meter) if meter else None
 
 
 # ----------------------------------------------------------------------------------------------- cgroup quota

@@ -2,8 +2,8 @@
 
 The runner writes one `WorkerSpec`, starts one worker per device through a launcher, follows their progress,
 and turns their timestamps into the same `Report` fields the simulator fills: throughput, iteration time,
-per-device busy time and utilization, peak memory, energy (modelled from the emulated device's power
-figures; this machine has no energy counters) and a timeline.
+per-device busy time and utilization, peak memory, energy (modelled per device from the emulated device's power
+figures; where this host has an energy meter, `edgepool.meters` also measures the whole launch) and a timeline.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from typing import Callable
 from edgepool.cluster import Cluster
 from edgepool.costmodel import CostModel
 from edgepool.errors import SpecError
+from edgepool.meters import host_energy
 from edgepool.plan import Plan
-from edgepool.report import DeviceStats, Report, TimelineEvent
+from edgepool.report import COMPUTE_KINDS, DeviceStats, Report, TimelineEvent
 from edgepool.runtime.data import ModelSpec
 from edgepool.runtime.harness import WorkerJob, describe_launcher, run_workers
 from edgepool.runtime.launch import started_launcher
 from edgepool.runtime.layout import Layout
 from edgepool.runtime.worker import WorkerSpec
 
-COMPUTE_KINDS = ("fwd", "bwd", "optimizer")
 WORKER_MODULE = "edgepool.runtime.worker"
 SPEC_NAME = "worker-spec.json"  # `edgepool report gather` reads the copy each worker keeps
 RESULT_NAME = "result-rank{rank}.json"
@@ -93,11 +93,14 @@ def execute(plan: Plan, cluster: Cluster | None = None, launcher="local",
     job = WorkerJob.create(asdict(spec), run_dir, name=SPEC_NAME)
     tick = _ProgressTick(run_dir, len(plan.devices), options.steps, options.progress) if options.progress else None
     with started_launcher(launcher, cluster, **options.testbed_options) as runner:
-        results = run_workers(runner, WORKER_MODULE, job, plan.devices, options.timeout_s, env=options.env,
-                              on_tick=tick, tick_s=0.2, result_name=RESULT_NAME)
+        with host_energy() as energy:  # the timed window is inside the workers: meter the whole launch
+            results = run_workers(runner, WORKER_MODULE, job, plan.devices, options.timeout_s, env=options.env,
+                                  on_tick=tick, tick_s=0.2, result_name=RESULT_NAME)
         description = describe_launcher(runner)
     report = build_report(plan, cluster, results, layout.batch, options.warmup, description, options.cost_model,
                           options.command or _command_line())
+    report.metrics.update(energy.metrics({r["device"]: r.get("host") or platform.node() for r in results},
+                                         report.iteration_time_s))
     report.save(run_dir / "report.json")
     return RunOutcome(report, results, run_dir, description)
 
