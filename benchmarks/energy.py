@@ -20,6 +20,7 @@ variability of iteration times.
 from __future__ import annotations
 
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -158,8 +159,9 @@ def render(result: dict) -> str:
                      f"{s['energy_plan']['energy_per_sample_j']:9.3f} {s['saving']:7.1%} {s['throughput_kept']:5.0%}")
     scalar = {k: v for k, v in result["metrics"].items() if not isinstance(v, dict)}
     lines += metric_lines(scalar, 46)
+    lines.append("  what to set (measured):")
     for line in result["characterization"].get("recommendation", []):
-        lines.append(f"  what to set: {line}")
+        lines.append(textwrap.fill(line, 80, initial_indent="  - ", subsequent_indent="    "))
     missed = [name for name, met in result["goals_met"].items() if met is False]
     lines.append("  goals missed: " + (", ".join(missed) if missed else "none"))
     return "\n".join(lines)
