@@ -67,7 +67,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     from edgepool.characterize.plots import draw_iteration_times, draw_stall_compute
     from edgepool.cli.progress import StageBar
     from edgepool.costmodel import CostModel
-    from edgepool.planners.compare import compare_planners
+    from edgepool.planners.compare import compare_planners, pareto_points
     from edgepool.plotting import draw_energy_pareto
     from edgepool.power.planning_modes import with_planning_modes
 
@@ -91,11 +91,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                                     constraints={"throughput_fraction": FLOOR})
             scenarios.append(scenario_result(name, rows))
             if model == "mobilenet_v2":  # one Pareto picture per cluster and link
-                points = {r["planner"]: [(c["throughput"], c["energy_per_sample_j"]) for c in r["candidates"]
-                                         if c["throughput"]] for r in rows}
-                chosen = {r["planner"]: (r["throughput"], r["energy_per_sample_j"]) for r in rows if r["throughput"]}
                 path = out / f"pareto-{group}-{link}-{model}.png"
-                plots[name] = str(draw_energy_pareto(points, chosen, path, title=f"{name}, batch "
+                plots[name] = str(draw_energy_pareto(*pareto_points(rows), path, title=f"{name}, batch "
                                                      f"{planners_bench.BATCH} (simulated)"))
         bar("energy objective (simulated)", len(jobs), len(jobs))
         with tempfile.TemporaryDirectory(prefix="edgepool-energy-") as workdir:

@@ -217,9 +217,6 @@ def _modes_lowered(row: dict, cluster) -> int:
 def _draw_energy_pareto(rows: list[dict], path: Path, title: str) -> None:
     """Throughput against energy per sample of every candidate every planner's search replayed (or of each
     planner's plan, when there was no search), the front, and the plans chosen."""
+    from edgepool.planners.compare import pareto_points
     from edgepool.plotting import draw_energy_pareto
-    points = {r["planner"]: [(c["throughput"], c["energy_per_sample_j"]) for c in r["candidates"]
-                             if c["throughput"]] or ([(r["throughput"], r["energy_per_sample_j"])]
-                                                     if r["throughput"] else []) for r in rows}
-    chosen = {r["planner"]: (r["throughput"], r["energy_per_sample_j"]) for r in rows if r["throughput"]}
-    draw_energy_pareto(points, chosen, path, title=title + " (simulated)")
+    draw_energy_pareto(*pareto_points(rows), path, title=title + " (simulated)")

@@ -100,8 +100,7 @@ def make_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model:
     """A plan with `predicted`, `feasible` and `infeasible_reason` filled in from the shared estimate."""
     plan = Plan(planner=planner, model=profile.model, cluster=cluster.name, num_layers=len(profile), batch=batch,
                 microbatches=microbatches, schedule=schedule, precision=cost_model.precision, seq=profile.seq,
-                pipelines=pipelines, notes=notes or {},
-                power_modes={d: m for d, m in cluster.power_modes.items() if d in _plan_devices(pipelines)})
+                pipelines=pipelines, notes=notes or {}, power_modes=modes_of(cluster, pipelines))
     est = estimate(plan, profile, cost_model, cluster, links)
     plan.predicted = est.predicted()
     if not est.feasible:
@@ -109,8 +108,10 @@ def make_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model:
     return plan, est
 
 
-def _plan_devices(pipelines: list[PipelinePlan]) -> set[str]:
-    return {d for p in pipelines for d in p.devices}
+def modes_of(cluster: Cluster, pipelines: list[PipelinePlan]) -> dict[str, str]:
+    """The power modes the cluster sets for the devices these pipelines use (a plan records them)."""
+    used = {d for p in pipelines for d in p.devices}
+    return {d: m for d, m in cluster.power_modes.items() if d in used}
 
 
 def infeasible_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_model: CostModel, batch: int,
@@ -119,10 +120,10 @@ def infeasible_plan(planner: str, profile: ModelProfile, cluster: Cluster, cost_
     share = 1.0 / len(devices)
     shares = [share] * len(devices)
     shares[-1] = 1.0 - share * (len(devices) - 1)
+    pipelines = [PipelinePlan(stages=[StagePlan(layers=(0, len(profile)), devices=devices, shares=shares)])]
     return Plan(planner=planner, model=profile.model, cluster=cluster.name, num_layers=len(profile), batch=batch,
                 precision=cost_model.precision, seq=profile.seq, feasible=False, infeasible_reason=reason,
-                pipelines=[PipelinePlan(stages=[StagePlan(layers=(0, len(profile)), devices=devices,
-                                                          shares=shares)])])
+                pipelines=pipelines, power_modes=modes_of(cluster, pipelines))
 
 
 def better(a: tuple[Plan, Estimate] | None, b: tuple[Plan, Estimate]) -> tuple[Plan, Estimate]:

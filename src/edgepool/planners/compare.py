@@ -45,3 +45,13 @@ def compare_planners(profile, cluster, cost_model, batch: int, planners: list[st
     for r in rows:
         r["speedup_over_dp"] = (r["throughput"] / dp) if dp and r["throughput"] else None
     return rows
+
+
+def pareto_points(rows: list[dict]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, tuple[float, float]]]:
+    """From `compare_planners` rows: per planner, the (throughput, J/sample) of every candidate its energy
+    search replayed (or of its plan, when there was no search), and of the plan it chose."""
+    points = {r["planner"]: [(c["throughput"], c["energy_per_sample_j"]) for c in r["candidates"]
+                             if c["throughput"]] or ([(r["throughput"], r["energy_per_sample_j"])]
+                                                     if r["throughput"] else []) for r in rows}
+    chosen = {r["planner"]: (r["throughput"], r["energy_per_sample_j"]) for r in rows if r["throughput"]}
+    return points, chosen

@@ -200,7 +200,6 @@ class EnergySearch:
             cluster = self.cluster.with_power_modes(modes)
             plan = self.inner.plan(self.profile, cluster, self.cost_model, self.batch, "throughput",
                                    {**self.constraints, "devices": list(subset)})
-            plan.power_modes = {d: m for d, m in cluster.power_modes.items() if d in plan.devices}
             candidate = evaluate(plan, self.profile, cluster, self.cost_model)
             self._seen[key] = candidate
             self.candidates.append(candidate)
